@@ -1,0 +1,1 @@
+"""Data for nanoRGRA: the character tokenizer and the synthetic arithmetic task family."""

@@ -1,0 +1,234 @@
+"""The verifier: first-marker answers compared as strings, an exact step checker, and no exception on any text."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data.tasks import Problem, evaluate, worked_solution
+from data.tokenizer import VOCAB
+from verifier import (
+    FORMAT_REWARD,
+    check_steps,
+    extract_answer,
+    has_answer_line,
+    is_false_positive,
+    outcome_reward,
+    score,
+)
+
+
+def problem(expr):
+    return Problem(expr=expr, answer=evaluate(expr), level="mix3")
+
+
+P = problem("12+3*4-5")  # answer 19
+SCORE_KEYS = {"answer", "correct", "reward", "steps_true", "computes_expr", "false_positive"}
+
+# ----------------------------------------------------------------------------
+# Never raises
+
+
+def assert_scores_cleanly(text, format_reward):
+    result = score(text, P, format_reward=format_reward)
+    assert set(result) == SCORE_KEYS
+    assert result["reward"] in {0.0, 1.0, format_reward, 1.0 + format_reward}
+    assert result["correct"] == (result["answer"] == "19")
+    check = check_steps(text, P.expr)
+    assert isinstance(check.steps_true, bool) and isinstance(check.computes_expr, bool)
+    assert (check.error is None) == (check.steps_true and check.computes_expr)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.sampled_from([0.0, 0.1]))
+def test_arbitrary_unicode_text_never_raises(text, format_reward):
+    assert_scores_cleanly(text, format_reward)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=VOCAB, max_size=80), st.sampled_from([0.0, 0.1]))
+def test_text_over_the_vocabulary_never_raises(text, format_reward):
+    assert_scores_cleanly(text, format_reward)
+
+
+step_line = st.from_regex(r"-?[0-9]{1,3}[+\-*]-?[0-9]{1,3}=-?[0-9]{1,4}", fullmatch=True)
+known_step = st.sampled_from(worked_solution(P.expr).split("\n")[:-1] + ["12-5=7", "12+7=19", "3*4=13"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(step_line, known_step), max_size=5), st.from_regex(r"A:-?[0-9]{0,3}", fullmatch=True))
+def test_step_shaped_text_never_raises(lines, answer_line):
+    assert_scores_cleanly("\n".join(lines + [answer_line]), 0.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "A:", "A:-", "A:--5", "-", "\n\n", "A:\n", "é", "A:١٩", "A:１９", "\x00A:19", "A:" + "9" * 5000,
+     "9" * 5000 + "+1=1\nA:19", "3*4=" + "1" * 60 + "\nA:19", "<|eos|>", "A:19<|eos|>"],
+)
+def test_hand_picked_odd_texts_never_raise(text):
+    assert_scores_cleanly(text, 0.1)
+
+
+def test_non_string_output_scores_zero_instead_of_raising():
+    assert score(None, P)["reward"] == 0.0
+    assert not check_steps(None, P.expr).steps_true
+
+
+# ----------------------------------------------------------------------------
+# Final answer
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("", None),
+        ("19", None),
+        ("A:", None),
+        ("A:-", None),
+        ("A: 19", None),
+        ("A:19", "19"),
+        ("A:19abc", "19"),
+        ("A:-19", "-19"),
+        ("A:007", "7"),
+        ("A:-007", "-7"),
+        ("A:-0", "0"),
+        ("A:000", "0"),
+        ("A:١٩", None),  # digits of other scripts are not answers
+        ("3*4=12\nA:19\nA:20", "19"),
+        ("A:x\nA:19", None),  # only the first marker counts, even when it holds no integer
+        ("A:" + "1" * 5000, "1" * 5000),
+    ],
+)
+def test_extract_answer_reads_the_integer_after_the_first_marker_canonically(text, answer):
+    assert extract_answer(text) == answer
+
+
+def test_leading_zeros_and_negative_zero_still_earn_the_reward():
+    assert outcome_reward("A:019", P) == 1.0
+    assert outcome_reward("A:-0", 0) == 1.0
+    assert outcome_reward("A:-19", 19) == 0.0
+    assert outcome_reward("A:-19", -19) == 1.0
+
+
+def test_several_answer_markers_earn_only_for_the_first():
+    assert outcome_reward("A:18\nA:19", P) == 0.0
+    assert outcome_reward("A:19\nA:18", P) == 1.0
+
+
+def test_a_5000_digit_answer_is_compared_without_int_conversion():
+    assert outcome_reward("A:" + "9" * 5000, P) == 0.0
+    assert outcome_reward("A:" + "0" * 5000 + "19", P) == 1.0
+
+
+def test_format_reward_is_off_by_default():
+    assert FORMAT_REWARD == 0.0
+    assert outcome_reward("A:18", P) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, reward",
+    [("A:19", 1.1), ("3*4=12\nA:19\n", 1.1), ("A:18", 0.1), ("xA:19", 1.0), ("A:19x", 1.0), ("A:", 0.0), ("", 0.0)],
+)
+def test_format_reward_adds_for_a_well_formed_answer_line(text, reward):
+    assert outcome_reward(text, P, format_reward=0.1) == pytest.approx(reward)
+
+
+def test_answer_line_must_start_a_line_and_end_with_the_integer():
+    assert has_answer_line("1+2=3\nA:3") and has_answer_line("A:-3\n")
+    assert not has_answer_line("1+2=3 A:3")
+    assert not has_answer_line("A:3 ")
+    assert has_answer_line("A:3\nA:")  # only the first marker's line is judged
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1"])
+def test_bad_format_reward_raises_value_error(bad):
+    with pytest.raises(ValueError, match="format_reward"):
+        outcome_reward("A:19", P, format_reward=bad)
+
+
+@pytest.mark.parametrize("bad", ["19", 19.0, True, None])
+def test_gold_answer_must_be_a_problem_or_an_int(bad):
+    with pytest.raises(ValueError, match="Problem or an int"):
+        outcome_reward("A:19", bad)
+
+
+# ----------------------------------------------------------------------------
+# Step checker
+
+
+def test_canonical_solution_is_sound_and_not_a_false_positive():
+    text = worked_solution(P.expr)
+    check = check_steps(text, P.expr)
+    assert (check.steps_true, check.computes_expr, check.n_steps, check.error) == (True, True, 3, None)
+    assert not is_false_positive(text, P)
+    assert score(text, P) == {
+        "answer": "19", "correct": True, "reward": 1.0, "steps_true": True, "computes_expr": True,
+        "false_positive": False,
+    }
+
+
+def test_a_legal_non_canonical_order_is_accepted():
+    # 12+12-5: the minus may go first because a+(b-c) == a+b-c.
+    assert check_steps("3*4=12\n12-5=7\n12+7=19\nA:19", P.expr).computes_expr
+    # 1+1+1: which "1+1" the first step reduced only shows in the second step; both readings are legal.
+    assert check_steps("1+1=2\n1+2=3\nA:3", "1+1+1").computes_expr
+    assert check_steps("1+1=2\n2+1=3\nA:3", "1+1+1").computes_expr
+
+
+def test_a_right_answer_after_a_precedence_violation_is_a_false_positive():
+    text = "12+3=15\n15*4=60\n60-41=19\nA:19"  # all true, but adds before multiplying
+    check = check_steps(text, P.expr)
+    assert check.steps_true and not check.computes_expr
+    assert "line 1" in check.error
+    assert is_false_positive(text, P)
+
+
+def test_a_right_answer_after_a_false_step_is_a_false_positive():
+    text = "3*4=12\n12+12=25\n25-5=19\nA:19"  # 12+12=25 is false, 25-5=19 is false too
+    check = check_steps(text, P.expr)
+    assert not check.steps_true and check.computes_expr
+    assert check.error == "line 2 '12+12=25' is false"
+    assert is_false_positive(text, P)
+    assert score(text, P)["false_positive"] and score(text, P)["reward"] == 1.0
+
+
+def test_subtraction_reduced_against_its_left_minus_is_illegal():
+    text = "5+3=8\n20-8=12\nA:12"  # 20-5+3 is 18, not 20-(5+3)
+    check = check_steps(text, "20-5+3")
+    assert check.steps_true and not check.computes_expr
+
+
+@pytest.mark.parametrize(
+    "text, error_part",
+    [
+        ("A:19", "stop before"),  # a bare right answer
+        ("3*4=12\nA:19", "stop before"),  # stops early
+        ("3*4=12\n12+12=24\n24-5=19\n19+0=19\nA:19", "line 4"),  # one step too many
+        ("19*1=19\nA:19", "line 1"),  # true steps about another expression
+        ("3*4=12\n12+12=24\n24-5=19\n\nA:19", "line 4"),  # a blank line is not a step
+        ("3*4=12\n12+12=24\nso 24-5=19\nA:19", "line 3"),  # prose is not a step
+        ("3*4=12\n12+12=24\n24-5=19 A:19", "does not start a line"),
+        ("3*4=12\n12+12=24\n24-5=19", "no answer marker"),
+    ],
+)
+def test_right_answers_with_incomplete_or_malformed_steps_are_false_positives(text, error_part):
+    check = check_steps(text, P.expr)
+    assert not (check.steps_true and check.computes_expr)
+    assert error_part in check.error
+    assert is_false_positive(text, P) == (extract_answer(text) == "19")
+
+
+def test_steps_ending_at_a_different_number_than_the_answer_line_do_not_compute_it():
+    check = check_steps("3*4=12\n12+12=24\n24-5=19\nA:20", P.expr)
+    assert check.steps_true and not check.computes_expr
+    assert "end at 19" in check.error
+
+
+def test_numbers_longer_than_50_digits_make_a_step_invalid_not_slow():
+    big = "1" * 60
+    check = check_steps(f"{big}*1={big}\nA:19", P.expr)
+    assert not check.steps_true and "line 1" in check.error
+
+
+def test_wrong_answers_are_never_false_positives():
+    assert not is_false_positive("12+3=15\nA:18", P)
+    assert not is_false_positive("", P)

@@ -351,6 +351,27 @@ def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats):
     return rates
 
 
+def _benchmark_hf(config, prompts, pad_id, max_new_tokens, repeats):
+    """
+    Tokens per second of Hugging Face transformers' generate() (KV cache on, sampling) on a GPT-2 of the same
+    size and the same left-padded batch. transformers is not a dependency of nanoRGRA: this runs only where it is
+    installed (pip install transformers).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
+                                    n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                                    bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)).eval()
+    idx, valid = left_pad(prompts, pad_id, "cpu")
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad():  # min_new_tokens keeps every row running, like the EOS-free timing above
+            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0, use_cache=True,
+                              max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+        best = min(best, time.perf_counter() - t0)
+    return (out.size(1) - idx.size(1)) * out.size(0) / best, sum(p.numel() for p in hf.parameters())
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -359,6 +380,8 @@ if __name__ == "__main__":
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--compare-hf", action="store_true",
+                        help="also time transformers' GPT-2 generate() at the same size (needs transformers)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -395,3 +418,7 @@ if __name__ == "__main__":
     for name, r in rates.items():
         print(f"{name:>15}: {r:,.0f} sampled tokens/s")
     print(f"speed-up (kv-cache / full-recompute): {rates['kv-cache'] / rates['full-recompute']:.1f}x")
+    if args.compare_hf:
+        hf_rate, hf_params = _benchmark_hf(config, prompts, tok.pad_id, args.new_tokens, args.repeats)
+        print(f"{'hf generate':>15}: {hf_rate:,.0f} sampled tokens/s (transformers GPT-2, {hf_params:,} params)")
+        print(f"kv-cache / hf generate: {rates['kv-cache'] / hf_rate:.2f}x")

@@ -84,9 +84,9 @@ def validate_level(level):
 # Easy to hard. SFT teaches the format on the first two, RL trains on the third, the fourth is never trained on.
 LEVELS = {
     "add1": Level("add1", n_ops=(1, 1), n_digits=2, operators="+-"),
-    "mix2": Level("mix2", n_ops=(1, 2), n_digits=2, operators="+-*"),
-    "mix3": Level("mix3", n_ops=(3, 3), n_digits=2, operators="+-*"),
-    "ood4": Level("ood4", n_ops=(4, 5), n_digits=2, operators="+-*"),
+    "mix2": Level("mix2", n_ops=(1, 3), n_digits=1, operators="+-*"),
+    "mix3": Level("mix3", n_ops=(3, 3), n_digits=1, operators="+-*"),
+    "ood4": Level("ood4", n_ops=(4, 5), n_digits=1, operators="+-*"),
 }
 SFT_LEVELS = ("add1", "mix2")
 RL_LEVEL = "mix3"
@@ -195,6 +195,11 @@ def prompt_text(problem):
 def sft_completion(problem):
     """The target completion for supervised fine-tuning (the caller appends EOS)."""
     return worked_solution(problem.expr)
+
+
+def direct_completion(problem):
+    """The bare answer with no work shown, "A:59": how much of real text states results (the caller appends EOS)."""
+    return f"A:{problem.answer}"
 
 
 # ----------------------------------------------------------------------------

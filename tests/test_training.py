@@ -1,0 +1,322 @@
+"""nanorgra.py as a user runs it: the command line, the run directory, the warm-start cache, resume, failures.
+
+Every run is a tiny model on CPU (seconds). The machinery tests (resume, non-finite loss) swap the verifier for a
+stand-in reward that varies inside every group, so that every step really changes the weights: with the real
+verifier a 20-step warm start is always wrong, every advantage is 0, and nothing would be tested.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nanorgra
+from data.tasks import train_problems
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ("--n-layer 1 --n-head 2 --n-embd 32 --sft-steps 20 --sft-batch 16 --steps 4 --prompts 4 --group 4 "
+        "--eval-n 16 --pass-n 8 --pass-k 2 --max-new-tokens 48 --eval-every 2 --ckpt-every 2 --device cpu").split()
+METRIC_KEYS = {"reward", "batch_acc", "zero_var", "adv_mean", "adv_std", "kl", "entropy", "ratio_mean", "ratio_max",
+               "clip_frac", "resp_len", "grad_norm", "t_sample", "t_score", "t_learn"}
+TIMING_KEYS = {"t_sample", "t_score", "t_learn"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes several threads much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """One warm-start cache for the whole module: the tiny base is trained once."""
+    return tmp_path_factory.mktemp("bases")
+
+
+def argv(out_dir, base_dir, *extra):
+    return [*TINY, "--out-dir", str(out_dir), "--base-dir", str(base_dir), *extra]
+
+
+def parse(*flags):
+    return nanorgra.resolve_switches(nanorgra.build_parser().parse_args(list(flags)))
+
+
+def run(out_dir, base_dir, *extra):
+    """train() exactly as main() would call it; returns the summary (None if stopped) and the log lines."""
+    parser = nanorgra.build_parser()
+    args = nanorgra.resolve_switches(parser.parse_args(argv(out_dir, base_dir, *extra)))
+    nanorgra.check_args(args, parser)
+    lines = []
+    return nanorgra.train(args, log=lines.append), lines
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def without_timings(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def varied_base_dir(tmp_path_factory):
+    """The warm-start cache of the stand-in-reward runs: it also caches the base's evaluation, which the stand-in
+    reward changes, so it must not be shared with runs scored by the real verifier."""
+    return tmp_path_factory.mktemp("bases-varied")
+
+
+@pytest.fixture
+def stand_in_bases(monkeypatch, varied_base_dir):
+    """Stand-in verifier: a reward in {0, 0.25, .., 1} from a checksum of the completion text. Deterministic (resume
+    must see the same rewards), yet the G different completions of a group almost never all score the same, so the
+    advantages are non-zero and every step updates the weights. Returns the base dir to use."""
+    monkeypatch.setattr(nanorgra, "outcome_reward", lambda text, problem, *a, **k: zlib.crc32(text.encode()) % 5 / 4)
+    return varied_base_dir
+
+
+# -----------------------------------------------------------------------------
+# Importing and the command line
+
+
+def test_importing_nanorgra_starts_nothing_prints_nothing_writes_nothing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", "import nanorgra"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert list(tmp_path.iterdir()) == []  # no runs/ directory, no warm-start cache
+
+
+@pytest.mark.parametrize("flags,name", [
+    (["--preset", "ppo"], "--preset"),
+    (["--group", "1"], "--group"),  # rgra normalises by the group std, which needs two samples
+    (["--eps-low", "0"], "--eps-low"),
+    (["--lr", "-1"], "--lr"),
+    (["--clip"], "--clip"),  # rgra has no ratio to clip
+    (["--preset", "grpo", "--no-ratio"], "--clip"),
+    (["--n-embd", "30", "--n-head", "4"], "--n-embd"),
+])
+def test_bad_flag_values_stop_at_start_up_naming_the_flag(tmp_path, capsys, flags, name):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        nanorgra.main(argv(out, tmp_path / "bases", *flags))
+    assert e.value.code == 2  # argparse's usage error
+    assert name in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "bases").exists()  # stopped before anything was written
+
+
+def test_grpo_preset_resolves_to_ratio_and_clip():
+    args = parse("--preset", "grpo")
+    assert (args.ratio, args.clip, args.baseline, args.std_norm, args.adv_sign) == (True, True, "mean", True, "both")
+
+
+@pytest.mark.parametrize("preset", list(nanorgra.PRESETS))
+@pytest.mark.parametrize("flag,switch", [("--no-clip", "clip"), ("--ratio", "ratio"), ("--beta=0.1", "beta"),
+                                         ("--baseline=loo", "baseline"), ("--no-std-norm", "std_norm"),
+                                         ("--adv-sign=neg", "adv_sign"), ("--objective=raft", "objective")])
+def test_one_switch_on_top_of_a_preset_changes_that_switch_and_nothing_else(preset, flag, switch):
+    base, changed = vars(parse("--preset", preset)), vars(parse("--preset", preset, flag))
+    assert {k for k in base if base[k] != changed[k]} <= {switch}
+    assert changed[switch] == vars(parse(flag))[switch]
+
+
+def test_grpo_without_clip_differs_from_grpo_only_in_clip():
+    grpo, no_clip = vars(parse("--preset", "grpo")), vars(parse("--preset", "grpo", "--no-clip"))
+    assert {k for k in grpo if grpo[k] != no_clip[k]} == {"clip"}
+
+
+def test_defaults_are_the_rgra_preset():
+    defaults = parse()
+    assert defaults.preset == "rgra"
+    for switch, value in nanorgra.PRESETS["rgra"].items():
+        assert getattr(defaults, switch) == value
+    assert nanorgra.SWITCH_DEFAULTS == {**nanorgra.PRESETS["rgra"], "beta": 0.005}
+    assert (defaults.ratio, defaults.clip, defaults.beta) == (False, False, 0.005)
+    # a preset that does not name a switch gets rgra's value for it
+    assert parse("--preset", "grpo").beta == defaults.beta
+
+
+# -----------------------------------------------------------------------------
+# A run end to end
+
+
+def test_tiny_run_writes_config_metrics_evals_checkpoint_and_summary(tmp_path, base_dir, capsys):
+    out = tmp_path / "run"
+    nanorgra.main(argv(out, base_dir))
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "config.json", "eval.jsonl", "metrics.jsonl",
+                                                     "summary.json"]  # and no temporary files left behind
+    config = json.loads((out / "config.json").read_text())
+    assert config == vars(parse(*argv(out, base_dir)))
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for r in rows:
+        assert METRIC_KEYS <= r.keys()
+        assert all(isinstance(r[k], (int, float)) for k in METRIC_KEYS)
+    assert [r["step"] for r in read_jsonl(out / "eval.jsonl")] == [-1, 1, 3]  # base, every 2 steps, final
+    ckpt = torch.load(out / "ckpt.pt")
+    assert ckpt["step"] == 3 and {"model", "opt"} <= ckpt.keys()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and {"base", "final", "times"} <= summary.keys()
+    assert "mix3 acc" in capsys.readouterr().out  # the printed base-vs-trained table
+
+
+def test_warm_start_is_cached_and_reused_by_runs_with_the_same_base_settings(tmp_path, base_dir):
+    _, first = run(tmp_path / "a", base_dir)
+    bases = sorted(base_dir.glob("base-*.pt"))
+    assert len(bases) == 1
+    stamp = bases[0].stat().st_mtime_ns
+    _, second = run(tmp_path / "b", base_dir, "--seed", "1", "--preset", "grpo")  # RL settings do not matter
+    assert any(line.startswith("warm start: loaded") for line in second)
+    assert sorted(base_dir.glob("base-*.pt")) == bases and bases[0].stat().st_mtime_ns == stamp
+    _, third = run(tmp_path / "c", base_dir, "--base-seed", "1")  # a base setting does
+    assert any(line.startswith("warm start: trained") for line in third)
+    assert len(list(base_dir.glob("base-*.pt"))) == 2
+
+
+def test_cached_base_evaluation_is_not_reused_for_a_different_evaluation_level(tmp_path, base_dir, monkeypatch):
+    run(tmp_path / "a", base_dir, "--steps", "1")  # evaluates the base on mix3 and ood4, and caches it
+    monkeypatch.setattr(nanorgra, "RL_LEVEL", "mix2")  # as if the RL level (or its test set) had been changed
+    run(tmp_path / "b", base_dir, "--steps", "1")
+    base_row = read_jsonl(tmp_path / "b" / "eval.jsonl")[0]
+    assert base_row["step"] == -1 and "mix2" in base_row
+
+
+# -----------------------------------------------------------------------------
+# Resume and failures
+
+
+def test_stand_in_reward_makes_every_step_update_the_weights(tmp_path, stand_in_bases):
+    """The premise of the tests below: with the stand-in reward the run is not a no-op."""
+    run(tmp_path / "run", stand_in_bases)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["grad_norm"] > 0 and r["zero_var"] < 1 for r in rows)
+    base = torch.load(next(stand_in_bases.glob("base-*.pt")))["model"]
+    final = torch.load(tmp_path / "run" / "ckpt.pt")["model"]
+    assert not torch.equal(base["wte.weight"], final["wte.weight"])
+
+
+def test_resume_after_ctrl_c_repeats_the_uninterrupted_run_exactly(tmp_path, stand_in_bases, monkeypatch):
+    run(tmp_path / "a", stand_in_bases)  # uninterrupted: steps 0..3
+
+    rl_step = nanorgra.rl_step
+
+    def ctrl_c_during_step_2(policy, ref, opt, tok, args, step, device):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a user's Ctrl-C while step 2 runs
+        return rl_step(policy, ref, opt, tok, args, step, device)
+
+    monkeypatch.setattr(nanorgra, "rl_step", ctrl_c_during_step_2)
+    summary, _ = run(tmp_path / "b", stand_in_bases)
+    assert summary is None  # stopped, not finished
+    assert [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2]  # step 2 was finished
+    assert torch.load(tmp_path / "b" / "ckpt.pt")["step"] == 2  # and saved, although --ckpt-every is 2
+    monkeypatch.setattr(nanorgra, "rl_step", rl_step)
+
+    _, lines = run(tmp_path / "b", stand_in_bases, "--resume")
+    assert any(line.startswith("resumed") for line in lines)
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_resume_after_a_crash_redoes_the_steps_after_the_last_checkpoint(tmp_path, stand_in_bases, monkeypatch):
+    run(tmp_path / "a", stand_in_bases)  # uninterrupted: steps 0..3
+
+    rl_step = nanorgra.rl_step
+
+    def crash_in_step_3(policy, ref, opt, tok, args, step, device):
+        if step == 3:
+            raise KeyboardInterrupt  # a second Ctrl-C, or the machine going away
+        return rl_step(policy, ref, opt, tok, args, step, device)
+
+    monkeypatch.setattr(nanorgra, "rl_step", crash_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stand_in_bases)
+    assert [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2]
+    assert torch.load(tmp_path / "b" / "ckpt.pt")["step"] == 1  # step 2 is logged but not in any checkpoint
+    monkeypatch.setattr(nanorgra, "rl_step", rl_step)
+
+    run(tmp_path / "b", stand_in_bases, "--resume")
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, base_dir):
+    run(tmp_path / "run", base_dir, "--steps", "2")
+    names = ("metrics.jsonl", "eval.jsonl", "summary.json")
+    before = {name: (tmp_path / "run" / name).read_text() for name in names}
+    run(tmp_path / "run", base_dir, "--steps", "2", "--resume")
+    assert {name: (tmp_path / "run" / name).read_text() for name in before} == before
+
+
+def assert_same_run(a, b):
+    """Same metrics rows (timings aside), same evaluations, same final weights."""
+    assert without_timings(read_jsonl(b / "metrics.jsonl")) == without_timings(read_jsonl(a / "metrics.jsonl"))
+    assert read_jsonl(b / "eval.jsonl") == read_jsonl(a / "eval.jsonl")
+    wa, wb = torch.load(a / "ckpt.pt"), torch.load(b / "ckpt.pt")
+    assert wa["step"] == wb["step"] == 3
+    for name, tensor in wa["model"].items():
+        assert torch.equal(tensor, wb["model"][name]), name
+
+
+def test_resume_refuses_changed_settings(tmp_path, stand_in_bases):
+    run(tmp_path / "run", stand_in_bases, "--steps", "2")
+    with pytest.raises(SystemExit, match="lr"):
+        run(tmp_path / "run", stand_in_bases, "--steps", "2", "--resume", "--lr", "3e-4")
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, stand_in_bases, monkeypatch):
+    state = {"step": None, "weights": {}}
+    rl_step, rl_loss = nanorgra.rl_step, nanorgra.rl_loss
+
+    def tracking_rl_step(policy, ref, opt, tok, args, step, device):
+        state["step"] = step
+        row = rl_step(policy, ref, opt, tok, args, step, device)
+        state["weights"][step] = {k: v.clone() for k, v in policy.state_dict().items()}
+        return row
+
+    def nan_at_step_2(*args, **kwargs):
+        loss, stats = rl_loss(*args, **kwargs)
+        return (loss * float("nan") if state["step"] == 2 else loss), stats
+
+    monkeypatch.setattr(nanorgra, "rl_step", tracking_rl_step)
+    monkeypatch.setattr(nanorgra, "rl_loss", nan_at_step_2)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "run", stand_in_bases)
+    message = str(e.value.code)
+    assert "non-finite" in message and "step 2" in message and "(step 1)" in message
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt")
+    assert ckpt["step"] == 1  # written after step 1 (--ckpt-every 2), not touched by the failed step 2
+    for name, tensor in ckpt["model"].items():
+        assert torch.equal(tensor, state["weights"][1][name]), name
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0, 1]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# -----------------------------------------------------------------------------
+# Learning
+
+
+def test_rl_raises_the_reward_on_a_small_fixed_set_of_easy_problems(tmp_path, monkeypatch):
+    """The whole loop (sample, verify, group advantages, update) climbs the reward: a small base warm-started for
+    600 steps is partially right on 16 fixed problems of the warm-start level mix2, and 30 RGRA steps on them
+    raise its reward. Every step sees the same 16 problems, so the first and the last steps are comparable (with
+    fresh problems each step, the difference between steps is mostly which problems were drawn)."""
+    easy = train_problems("mix2", 16, np.random.default_rng(1))
+    monkeypatch.setattr(nanorgra, "train_problems", lambda level, n, rng: [easy[i % len(easy)] for i in range(n)])
+    flags = ("--n-layer 1 --n-head 4 --n-embd 64 --sft-steps 600 --sft-batch 32 --sft-lr 3e-3 --steps 30 "
+             "--prompts 16 --group 8 --lr 1e-3 --max-new-tokens 48 --eval-n 16 --pass-n 8 --pass-k 2 "
+             "--eval-every 100 --ckpt-every 100 --device cpu").split()
+    args = parse(*flags, "--out-dir", str(tmp_path / "run"), "--base-dir", str(tmp_path / "bases"))
+    nanorgra.train(args, log=lambda line: None)
+    rewards = [r["reward"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert first > 0  # partially right: there is something to reinforce
+    assert last > first + 0.05 and last > 1.5 * first, rewards

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from data.tasks import LEVELS, OOD_LEVEL, RL_LEVEL, SFT_LEVELS, direct_completion, load_test_set, prompt_text, \
     sft_completion, sft_examples, test_set_path, train_problems
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, Rollout, generate, left_pad, token_logprobs
+from model import GPT, GPTConfig, Rollout, generate, left_pad
 from verifier import FORMAT_REWARD, outcome_reward
 
 # -----------------------------------------------------------------------------
@@ -217,10 +217,11 @@ def build_parser():
     a = p.add_argument_group("run")
     a.add_argument("--preset", default="rgra", choices=list(PRESETS), help="named set of loss switches")
     a.add_argument("--seed", type=int, default=0, help="seed of the RL run (the warm start has --base-seed)")
-    a.add_argument("--steps", type=int, default=60, help="RL steps")
+    a.add_argument("--steps", type=int, default=100, help="RL steps")
     a.add_argument("--out-dir", default=None, help="run directory (default: runs/<preset>-seed<seed>)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     a.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
+    a.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     a.add_argument("--ckpt-every", type=int, default=10, help="steps between checkpoints")
     a = p.add_argument_group("warm start (stage 1)")
     a.add_argument("--base-dir", default="runs/bases", help="cache of warm-start checkpoints")
@@ -228,10 +229,10 @@ def build_parser():
     a.add_argument("--n-layer", type=int, default=4)
     a.add_argument("--n-head", type=int, default=4)
     a.add_argument("--n-embd", type=int, default=128)
-    a.add_argument("--sft-steps", type=int, default=600, help="warm-start optimizer steps")
+    a.add_argument("--sft-steps", type=int, default=1000, help="warm-start optimizer steps")
     a.add_argument("--sft-batch", type=int, default=64, help="worked solutions per warm-start step")
     a.add_argument("--sft-lr", type=float, default=2e-3, help="warm-start peak learning rate")
-    a.add_argument("--sft-direct", type=float, default=0.5,
+    a.add_argument("--sft-direct", type=float, default=0.0,
                    help="share of warm-start targets that are the bare answer 'A:<n>' instead of a worked solution")
     a = p.add_argument_group("sampling (stage 2)")
     a.add_argument("--prompts", type=int, default=16, help="prompts per RL step (B)")
@@ -267,7 +268,7 @@ def build_parser():
     a.add_argument("--lr", type=float, default=1e-4, help="RL learning rate (AdamW)")
     a.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
     a = p.add_argument_group("evaluation")
-    a.add_argument("--eval-every", type=int, default=20, help="RL steps between held-out evaluations")
+    a.add_argument("--eval-every", type=int, default=25, help="RL steps between held-out evaluations")
     a.add_argument("--eval-n", type=int, default=500, help="test problems per level for greedy accuracy")
     a.add_argument("--pass-k", type=int, default=8, help="k of pass@k (k samples at T=1)")
     a.add_argument("--pass-n", type=int, default=100, help="test problems per level for pass@k")
@@ -308,8 +309,8 @@ def check_args(args, parser):
         parser.error(f"--group must be >= 1, got {args.group}")
     if not 0 <= args.sft_direct <= 1:
         parser.error(f"--sft-direct must be in [0, 1], got {args.sft_direct}")
-    if args.beta < 0 or args.grad_clip < 0 or args.micro_batch < 0:
-        parser.error("--beta, --grad-clip and --micro-batch must be >= 0")
+    if args.beta < 0 or args.grad_clip < 0 or args.micro_batch < 0 or args.threads < 0:
+        parser.error("--beta, --grad-clip, --micro-batch and --threads must be >= 0")
     if args.clip and not args.ratio:
         parser.error("--clip needs --ratio (clipping acts on the ratio); pass --ratio or --no-clip")
     if args.minibatches > args.prompts * args.group:
@@ -706,6 +707,8 @@ def train(args, log=print):
     """The whole job: warm start, RL, evaluation. Returns the summary dict (also written to summary.json)."""
     from tqdm import tqdm
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = get_tokenizer()
     run_dir, ref, policy, opt, first_step, base_path = start_run(args, tok, device, log)
     log(f"device {device}; model {policy.num_params():,} params; run dir {run_dir}; preset {args.preset}: "

@@ -41,14 +41,16 @@ def _is_int(x):
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-    """One difficulty level. Operands are uniform in [0, 10**n_digits - 1]; an operand next to a "*" is
-    uniform in [0, 10**mul_digits - 1] instead, which keeps products (and the lines that compute them) short."""
+    """One difficulty level. Operands are uniform in [min_operand, 10**n_digits - 1]; an operand next to a "*" is
+    uniform in [min_operand, 10**mul_digits - 1] instead, which keeps products (and the lines that compute them)
+    short. min_operand=1 leaves out zeros, which make many long expressions trivial (0*7*...)."""
 
     name: str
     n_ops: tuple  # (min, max) number of operators, both inclusive
     n_digits: int
     operators: str  # a subset of "+-*"
     mul_digits: int = 1
+    min_operand: int = 0
 
     def __post_init__(self):
         validate_level(self)
@@ -79,6 +81,9 @@ def validate_level(level):
         raise ValueError(
             f"level {level.name!r}: mul_digits must be an int in [1, n_digits={level.n_digits}], got {level.mul_digits!r}"
         )
+    if not _is_int(level.min_operand) or not 0 <= level.min_operand < 10**level.mul_digits - 1:
+        raise ValueError(f"level {level.name!r}: min_operand must be an int in [0, {10**level.mul_digits - 2}] "
+                         f"(below the largest operand), got {level.min_operand!r}")
 
 
 # Easy to hard. SFT teaches the format on the first two, RL trains on the third, the fourth is never trained on.
@@ -217,7 +222,7 @@ def draw_expression(level, rng):
     for i in range(n_ops + 1):
         multiplied = (i > 0 and ops[i - 1] == "*") or (i < n_ops and ops[i] == "*")
         digits = level.mul_digits if multiplied else level.n_digits
-        parts.append(str(int(rng.integers(10**digits))))
+        parts.append(str(int(rng.integers(level.min_operand, 10**digits))))
         if i < n_ops:
             parts.append(ops[i])
     return "".join(parts)

@@ -877,8 +877,9 @@ def plot_curves(curves, path_reward, path_acc):
     for key, path, ylabel in (("reward", path_reward, "batch reward (mean over seeds)"),
                               ("acc", path_acc, f"held-out {RL_LEVEL} greedy accuracy (mean over seeds)")):
         fig, ax = plt.subplots(figsize=(8, 5))
-        for variant, c in curves.items():
-            ax.plot(c[key]["x"], c[key]["y"], label=variant, marker="o" if key == "acc" else None, markersize=3)
+        for i, (variant, c) in enumerate(curves.items()):  # matplotlib cycles 10 colours: dash the rest
+            ax.plot(c[key]["x"], c[key]["y"], label=variant, marker="o" if key == "acc" else None, markersize=3,
+                    linestyle="-" if i < 10 else "--")
         ax.set_xlabel("RL step (-1 = base)" if key == "acc" else "RL step")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, ncol=2)

@@ -238,7 +238,8 @@ def build_parser():
     a.add_argument("--prompts", type=int, default=16, help="prompts per RL step (B)")
     a.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
     a.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, also used in the loss")
-    a.add_argument("--max-new-tokens", type=int, default=72, help="completion length budget (the longest ood4 solution is 67 tokens + EOS)")
+    a.add_argument("--max-new-tokens", type=int, default=72,
+                   help="completion length budget (the longest ood4 solution is 67 tokens, + EOS)")
     a = p.add_argument_group("loss switches (stage 2)")
     a.add_argument("--objective", choices=["pg", "raft", "sft"], default=None,
                    help="preset: pg = policy gradient on samples, raft = cross-entropy on the best of G, "

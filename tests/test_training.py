@@ -28,15 +28,6 @@ METRIC_KEYS = {"reward", "batch_acc", "zero_var", "adv_mean", "adv_std", "kl", "
 TIMING_KEYS = {"t_sample", "t_score", "t_learn"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes several threads much slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """One warm-start cache for the whole module: the tiny base is trained once."""

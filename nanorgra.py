@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from data.tasks import LEVELS, OOD_LEVEL, RL_LEVEL, SFT_LEVELS, direct_completion, load_test_set, prompt_text, \
-    sft_completion, sft_examples, test_set_path, train_problems
+    sft_completion, sft_examples, test_set_path, train_problems, write_atomic
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, Rollout, generate, left_pad
 from verifier import FORMAT_REWARD, outcome_reward
@@ -388,14 +388,6 @@ def save_atomic(obj, path):
         raise
 
 
-def write_text_atomic(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def append_jsonl(path, row):
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -455,7 +447,7 @@ def base_evaluation(base, tok, args, device, base_path):
     if path.exists():
         return json.loads(path.read_text())
     ev = evaluate_all(base, tok, args, device)
-    write_text_atomic(path, json.dumps(ev))
+    write_atomic(path, json.dumps(ev))
     return ev
 
 
@@ -660,7 +652,7 @@ def truncate_jsonl(path, last_step):
     """Keep the rows up to last_step: what a resumed run will write again is removed first."""
     rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
     if path.exists():
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def start_run(args, tok, device, log):
@@ -690,7 +682,7 @@ def start_run(args, tok, device, log):
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "eval.jsonl", "ckpt.pt", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
-        write_text_atomic(run_dir / "config.json", json.dumps(vars(args), indent=1))
+        write_atomic(run_dir / "config.json", json.dumps(vars(args), indent=1))
     return run_dir, ref, policy, opt, first_step, base_path
 
 
@@ -751,7 +743,7 @@ def train(args, log=print):
     log_eval(run_dir, args.steps - 1, ev, log)
     evals = [e for e in evals if e["step"] < args.steps - 1] + [dict(step=args.steps - 1, **ev)]
     summary = summarize(run_dir, evals, base_path)
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -928,10 +920,10 @@ def sweep(args, base_argv, log=print):
         rows.append(variant_row(variant, summaries, metrics, k))
         curves[variant] = dict(reward=mean_curve(metrics, "step", "reward"), acc=mean_curve(evals, "step", "acc"))
     table = results_markdown(rows, k)
-    write_text_atomic(sweep_dir / "results.md", table)
-    write_text_atomic(sweep_dir / "results.json", json.dumps(dict(rows=rows, command=" ".join(
+    write_atomic(sweep_dir / "results.md", table)
+    write_atomic(sweep_dir / "results.json", json.dumps(dict(rows=rows, command=" ".join(
         ["python nanorgra.py"] + base_argv + ["--sweep"]), seconds=time.time() - t0), indent=1))
-    write_text_atomic(sweep_dir / "curves.json", json.dumps(curves))
+    write_atomic(sweep_dir / "curves.json", json.dumps(curves))
     plot_curves(curves, sweep_dir / "reward.png", sweep_dir / "acc.png")
     log(table)
     log(f"sweep: {len(runs)} runs; this invocation took {time.time() - t0:.0f}s; results in {sweep_dir}")

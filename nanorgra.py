@@ -686,14 +686,10 @@ def start_run(args, tok, device, log):
     return run_dir, ref, policy, opt, first_step, base_path
 
 
-def log_eval(run_dir, step, ev, log):
+def log_eval(run_dir, step, ev, k, log):
     append_jsonl(run_dir / "eval.jsonl", dict(step=step, **ev))
-    log(f"eval @ step {step}: " + ", ".join(f"{lvl} acc {v['acc']:.3f} pass@k {v[f'pass@{k}']:.3f}"
-                                            for lvl, v in ev.items() for k in [k_of(v)]))
-
-
-def k_of(ev_level):
-    return next(int(k.split("@")[1]) for k in ev_level if k.startswith("pass@"))
+    log(f"eval @ step {step}: " + ", ".join(f"{lvl} acc {v['acc']:.3f} pass@{k} {v[f'pass@{k}']:.3f}"
+                                            for lvl, v in ev.items()))
 
 
 def train(args, log=print):
@@ -706,14 +702,11 @@ def train(args, log=print):
     run_dir, ref, policy, opt, first_step, base_path = start_run(args, tok, device, log)
     log(f"device {device}; model {policy.num_params():,} params; run dir {run_dir}; preset {args.preset}: "
         + ", ".join(f"{k}={getattr(args, k)}" for k in SWITCH_DEFAULTS))
-    evals = read_jsonl(run_dir / "eval.jsonl")
     if first_step == 0:
         ev = base_evaluation(policy, tok, args, device, base_path)
-        log_eval(run_dir, -1, ev, log)  # step -1: the base, before any update
-        evals = [dict(step=-1, **ev)]
+        log_eval(run_dir, -1, ev, args.pass_k, log)  # step -1: the base, before any update
     stop = StopRequest()
     previous_handler = signal.signal(signal.SIGINT, stop)
-    step = first_step - 1
     try:
         bar = tqdm(range(first_step, args.steps), desc=f"RL {args.preset}", disable=None, initial=first_step,
                    total=args.steps)
@@ -727,9 +720,7 @@ def train(args, log=print):
             append_jsonl(run_dir / "metrics.jsonl", row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl']:.4f}", len=f"{row['resp_len']:.0f}")
             if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-                ev = evaluate_all(policy, tok, args, device)
-                log_eval(run_dir, step, ev, log)
-                evals.append(dict(step=step, **ev))
+                log_eval(run_dir, step, evaluate_all(policy, tok, args, device), args.pass_k, log)
             if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or stop.requested:
                 save_checkpoint(run_dir, policy, opt, step)
             if stop.requested:
@@ -739,17 +730,16 @@ def train(args, log=print):
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     truncate_jsonl(run_dir / "eval.jsonl", args.steps - 2)  # a run resumed after its last step redoes this eval
-    ev = evaluate_all(policy, tok, args, device)
-    log_eval(run_dir, args.steps - 1, ev, log)
-    evals = [e for e in evals if e["step"] < args.steps - 1] + [dict(step=args.steps - 1, **ev)]
-    summary = summarize(run_dir, evals, base_path)
+    log_eval(run_dir, args.steps - 1, evaluate_all(policy, tok, args, device), args.pass_k, log)
+    summary = summarize(run_dir, base_path)
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
-def summarize(run_dir, evals, base_path):
+def summarize(run_dir, base_path):
     """Base vs trained on both levels, the last step's training numbers, and where the time went."""
     rows = read_jsonl(run_dir / "metrics.jsonl")
+    evals = read_jsonl(run_dir / "eval.jsonl")
     base, final = evals[0], evals[-1]
     last = rows[-1] if rows else {}
     times = {k: sum(r[k] for r in rows) for k in ("t_sample", "t_score", "t_learn")}
@@ -833,9 +823,8 @@ def sweep_runs(base_argv, variants, seeds, sweep_dir):
 
 def variant_row(variant, summaries, metrics, k):
     """One table row: means and 95% intervals over the seeds of a variant."""
-    def ci(values):
-        return mean_ci95(values)
-    last = lambda rows, key, n=5: float(np.mean([r[key] for r in rows[-n:]]))
+    ci = mean_ci95
+    last = lambda rows, key, n=5: float(np.mean([r[key] for r in rows[-n:]]))  # the last n steps, smoothed
     return dict(
         variant=variant, seeds=len(summaries),
         acc=ci([s["final"][RL_LEVEL]["acc"] for s in summaries]),

@@ -5,6 +5,8 @@ component of the loss is a named switch that one visible `if` reads.
     python nanorgra.py                            # the default job: warm start (cached), RL with RGRA, evaluation
     python nanorgra.py --preset grpo --mu 2       # GRPO, each sampled batch used for two updates
     python nanorgra.py --preset rgra --beta 0     # RGRA without the KL term: exactly one behaviour changes
+    python nanorgra.py --study --quick            # compute-matched sampling study, SE vs WC data (~15 min, 2 CPUs)
+    python nanorgra.py --study                    # the same study at full size
     python nanorgra.py --help                     # every switch and its default
 
 Stage 1 (warm start): supervised training on worked solutions of the easy levels (data.tasks.SFT_LEVELS). The
@@ -13,6 +15,10 @@ starts from the identical base.
 Stage 2 (RL): each step draws --prompts problems of the RL level (answers only), samples --group completions per
 prompt with the KV-cache sampler, scores them with the verifier, turns rewards into group advantages and updates
 the policy. A frozen copy of the base is the KL reference; the sampler's log-probs are the "old" policy.
+Study (--study): "Smaller, Weaker, Yet Better" at this scale. A strong-expensive (SE, the size above) and a weak-cheap
+(WC, --wc-*) model, warm-started alike, sample solutions to fresh RL-level problems at equal sampling FLOPs
+(S_WC = P_SE / P_WC x S_SE) and at an equal number of samples; the answer-correct ones are the training data, whose
+coverage, diversity and false positive rate are measured, and on which a student, WC and SE are fine-tuned.
 
 Simplifications: full fine-tuning (no LoRA), one process, no reward model (the verifier is exact), no value
 network; all randomness of a step is drawn from generators seeded by (seed, step), so a resumed run repeats the
@@ -36,10 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from data.tasks import LEVELS, OOD_LEVEL, RL_LEVEL, SFT_LEVELS, direct_completion, load_test_set, prompt_text, \
-    sft_completion, sft_examples, test_set_path, train_problems, write_atomic
+    sample_problems, sft_completion, sft_examples, test_exprs, test_set_path, train_problems, write_atomic
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, Rollout, generate, left_pad
-from verifier import FORMAT_REWARD, outcome_reward
+from verifier import FORMAT_REWARD, is_false_positive, outcome_reward
 
 # -----------------------------------------------------------------------------
 # The loss, one small function per concept.
@@ -275,10 +281,28 @@ def build_parser():
     a.add_argument("--pass-n", type=int, default=100, help="test problems per level for pass@k")
     a = p.add_argument_group("sweep")
     a.add_argument("--sweep", action="store_true", help="run variants x seeds and write a results table")
-    a.add_argument("--quick", action="store_true", help="with --sweep: " + " ".join(QUICK_FLAGS))
+    a.add_argument("--quick", action="store_true", help="with --sweep: " + " ".join(QUICK_FLAGS) + "; with --study: "
+                   + " ".join(STUDY_QUICK_FLAGS))
     a.add_argument("--sweep-seeds", type=int, default=3, help="seeds per variant (0..n-1)")
     a.add_argument("--sweep-variants", default=",".join(SWEEP_VARIANTS), help="comma-separated variants")
     a.add_argument("--sweep-dir", default="runs/sweep", help="where the sweep's runs and results go")
+    a = p.add_argument_group("study (compute-matched sampling: SE = the model size above, WC = --wc-*)")
+    a.add_argument("--study", action="store_true",
+                   help="sample from SE and WC at equal sampling FLOPs, fine-tune on each, write a results table")
+    a.add_argument("--study-dir", default=None, help="the study's directory (default: runs/study, or runs/study-quick)")
+    a.add_argument("--wc-n-layer", type=int, default=2, help="layers of the weak-cheap (WC) model")
+    a.add_argument("--wc-n-head", type=int, default=4, help="heads of the WC model")
+    a.add_argument("--wc-n-embd", type=int, default=96, help="width of the WC model (2x4x96: P_SE/P_WC = 3.4)")
+    a.add_argument("--student-base-seed", type=int, default=1,
+                   help="warm-start seed of the distillation student (WC size; must differ from --base-seed)")
+    a.add_argument("--study-problems", type=int, default=1000, help="fresh RL-level problems to sample solutions for")
+    a.add_argument("--study-seed", type=int, default=0, help="seed of the problem draw and of the sampling")
+    a.add_argument("--s-se", type=int, default=4,
+                   help="S_SE: samples per problem from SE; WC gets S_WC = floor(P_SE / P_WC x S_SE)")
+    a.add_argument("--ft-steps", type=int, default=200, help="fine-tuning steps on a filtered data set")
+    a.add_argument("--ft-batch", type=int, default=64, help="examples per fine-tuning step")
+    a.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning learning rate (constant, AdamW)")
+    a.add_argument("--study-seeds", type=int, default=3, help="fine-tuning seeds (data order) per setup and data set")
     return p
 
 
@@ -291,6 +315,8 @@ def resolve_switches(args):
         args.agg_constant = float(args.max_new_tokens)
     if args.out_dir is None:
         args.out_dir = f"runs/{args.preset}-seed{args.seed}"
+    if args.study_dir is None:
+        args.study_dir = "runs/study-quick" if args.quick else "runs/study"
     return args
 
 
@@ -320,6 +346,23 @@ def check_args(args, parser):
         parser.error(f"--n-embd ({args.n_embd}) must be a multiple of --n-head ({args.n_head})")
     if args.device not in ("auto", "cpu", "cuda", "mps"):
         parser.error(f"--device must be auto, cpu, cuda or mps, got {args.device!r}")
+    for name in ("wc_n_layer", "wc_n_head", "wc_n_embd", "study_problems", "s_se", "ft_steps", "ft_batch", "ft_lr",
+                 "study_seeds"):
+        positive(name.replace("_", "-"), getattr(args, name))
+    if args.wc_n_embd % args.wc_n_head:
+        parser.error(f"--wc-n-embd ({args.wc_n_embd}) must be a multiple of --wc-n-head ({args.wc_n_head})")
+    if args.student_base_seed == args.base_seed:
+        parser.error(f"--student-base-seed must differ from --base-seed ({args.base_seed}): with the same seed the "
+                     f"student would be the WC model, which sampled the data")
+    if args.sweep and args.study:
+        parser.error("--sweep and --study are two different jobs; pass one of them")
+    if args.study:
+        config = lambda l, h, e: GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=l, n_head=h, n_embd=e)
+        p_se = GPT(config(args.n_layer, args.n_head, args.n_embd)).num_params()
+        p_wc = GPT(config(args.wc_n_layer, args.wc_n_head, args.wc_n_embd)).num_params()
+        if p_wc >= p_se:
+            parser.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {p_wc:,} parameters, not fewer than the SE's "
+                         f"{p_se:,} (--n-layer/--n-head/--n-embd): the WC model must be the cheaper one")
 
 
 # -----------------------------------------------------------------------------
@@ -920,6 +963,303 @@ def sweep(args, base_argv, log=print):
 
 
 # -----------------------------------------------------------------------------
+# Compute-matched sampling study: "Smaller, Weaker, Yet Better" (Bansal et al., arXiv 2408.16737)
+#
+# Question: at a fixed sampling budget, is synthetic training data better sampled from a strong-expensive model
+# (SE) or from a weak-cheap one (WC)?
+#   sampling FLOPs    C = 2 P x (generated tokens)            P = parameters: ~2 FLOPs per parameter per token
+#   equal budgets     2 P_SE S_SE n L = 2 P_WC S_WC n L   =>   S_WC = (P_SE / P_WC) x S_SE
+# for n problems, S samples per problem, L tokens per sample. The plan assumes the same L for both models (the
+# worked-solution length); the real token counts differ per model, so the FLOPs actually spent are reported too.
+#
+# The models, all warm-started by warm_start with the same --sft-* recipe:
+#   SE       the default size (--n-layer, --n-head, --n-embd), --base-seed
+#   WC       --wc-n-layer, --wc-n-head, --wc-n-embd, --base-seed
+#   student  WC size, --student-base-seed: the same recipe with another seed, a model that sampled none of the data
+# The data sets, sampled at temperature 1 on --study-problems fresh RL-level problems that no model trained on:
+#   se          S_SE samples per problem from SE
+#   wc_compute  S_WC samples per problem from WC              (compute-matched to se)
+#   wc_number   the first S_SE of those                       (number-matched control: S_WC = S_SE)
+# The filter keeps every answer-correct sample, steps unchecked, as the paper did; false positives stay in.
+# The setups fine-tune one model on WC data vs on SE data: knowledge distillation (the student), self-improvement
+# (WC), weak-to-strong improvement (SE).
+
+STUDY_QUICK_FLAGS = ["--study-problems", "300", "--ft-steps", "60", "--eval-n", "200", "--pass-n", "50"]
+STUDY_SETUPS = {"distillation": "student", "self_improvement": "wc", "weak_to_strong": "se"}  # -> model tuned
+STUDY_BUDGETS = {"compute": "wc_compute", "number": "wc_number"}  # budget -> the WC data set compared with "se"
+STUDY_STREAMS = dict(problems=5, se=6, wc=7, order=8)  # step_rngs-style stream ids, apart from RL's 1-3
+
+
+def compute_matched_samples(p_se, p_wc, s_se):
+    """S_WC = (P_SE / P_WC) x S_SE, rounded DOWN (exact integer arithmetic), at least 1: the WC never plans to
+    spend more than the SE. P_SE = 3 P_WC, S_SE = 4 -> 12;  P_SE = 3.4 P_WC, S_SE = 4 -> 13 (13.6 rounded down)."""
+    return max(1, p_se * s_se // p_wc)
+
+
+def sampling_flops(n_params, n_tokens):
+    """FLOPs of generating n_tokens tokens: 2 x P x tokens (a multiply and an add per parameter per token; the
+    prompt prefill and the attention over the context are left out, as in the paper's estimate)."""
+    return 2 * n_params * n_tokens
+
+
+def planned_flops(n_params, n_problems, samples, tokens_per_sample):
+    """The budget before sampling: 2 x P x (n problems x S samples x L planned tokens per sample)."""
+    return sampling_flops(n_params, n_problems * samples * tokens_per_sample)
+
+
+def is_correct(text, problem):
+    """The paper's filter criterion: the final answer is right (the steps are not looked at)."""
+    return outcome_reward(text, problem, format_reward=0.0) == 1.0
+
+
+def coverage_at_k(problems, samples, k):
+    """coverage@k = 1/n sum_i [at least one of the first k samples of problem i has the right answer].
+    samples: one list of completion texts per problem."""
+    return float(np.mean([any(is_correct(t, p) for t in s[:k]) for p, s in zip(problems, samples)]))
+
+
+def diversity_at_k(problems, samples, k):
+    """diversity@k = 1/n sum_i |{distinct correct texts among the first k samples of problem i}|: a solution sampled
+    twice counts once."""
+    return float(np.mean([len({t for t in s[:k] if is_correct(t, p)}) for p, s in zip(problems, samples)]))
+
+
+def keep_answer_correct(problems, samples):
+    """The filtered data set: (problem, text) for every answer-correct sample, duplicates and false positives kept."""
+    return [(p, t) for p, s in zip(problems, samples) for t in s if is_correct(t, p)]
+
+
+def false_positive_rate(problems, samples):
+    """FPR = |kept samples whose steps are wrong (verifier.is_false_positive)| / |kept samples|; nan if none kept."""
+    kept = keep_answer_correct(problems, samples)
+    return float(np.mean([is_false_positive(t, p) for p, t in kept])) if kept else float("nan")
+
+
+def warm_start_exprs(base_seed, sft_steps, sft_batch):
+    """Every expression a warm start with these settings trained on, regenerated draw by draw as warm_start makes
+    them: step_rngs(base_seed, step, stream=1), then sft_examples. (The model size does not enter the draws.)"""
+    exprs = set()
+    for step in range(sft_steps):
+        np_rng, _ = step_rngs(base_seed, step, stream=1)
+        exprs.update(p.expr for p in sft_examples(SFT_LEVELS, sft_batch, np_rng))
+    return exprs
+
+
+def study_problems(args):
+    """--study-problems distinct RL-level problems that no model of the study trained on and no test set holds,
+    drawn by their own Generator seeded by --study-seed."""
+    exclude = set(test_exprs())
+    for seed in {args.base_seed, args.student_base_seed}:
+        exclude |= warm_start_exprs(seed, args.sft_steps, args.sft_batch)
+    rng = np.random.default_rng([args.study_seed, STUDY_STREAMS["problems"]])
+    return sample_problems(RL_LEVEL, args.study_problems, rng, exclude=exclude, distinct=True)
+
+
+def study_model_args(args):
+    """The settings of each model of the study: a copy of args with its size and warm-start seed."""
+    sizes = dict(se=(args.n_layer, args.n_head, args.n_embd, args.base_seed),
+                 wc=(args.wc_n_layer, args.wc_n_head, args.wc_n_embd, args.base_seed),
+                 student=(args.wc_n_layer, args.wc_n_head, args.wc_n_embd, args.student_base_seed))
+    return {name: argparse.Namespace(**{**vars(args), "n_layer": l, "n_head": h, "n_embd": e, "base_seed": s})
+            for name, (l, h, e, s) in sizes.items()}
+
+
+@torch.no_grad()
+def sample_solutions(model, tok, problems, n_samples, args, gen, device, chunk=64):
+    """n_samples completions per problem at temperature 1 -> (texts, generated tokens), one list per problem each.
+    One seed per problem is drawn from gen up front, so the chunking changes no sample."""
+    model.eval()
+    seeds = torch.randint(0, 2**62, (len(problems),), generator=gen).tolist()
+    texts, tokens = [], []
+    for i in range(0, len(problems), chunk):
+        part = problems[i:i + chunk]
+        with autocast(device):
+            r = generate(model, [tok.encode(prompt_text(p)) for p in part], args.max_new_tokens, tok.eos_id,
+                         tok.pad_id, num_samples=n_samples, temperature=1.0, seeds=seeds[i:i + chunk])
+        flat, lengths = decode_completions(tok, r), r.mask.sum(1).tolist()  # (len(part) * n_samples,), EOS counted
+        texts += [flat[j * n_samples:(j + 1) * n_samples] for j in range(len(part))]
+        tokens += [lengths[j * n_samples:(j + 1) * n_samples] for j in range(len(part))]
+    return texts, tokens
+
+
+def data_quality(problems, texts, tokens, n_params, k, planned_tokens):
+    """The metrics of one data set: the first k samples per problem, and what sampling them cost."""
+    texts = [s[:k] for s in texts]
+    spent = sum(sum(t[:k]) for t in tokens)
+    return dict(k=k, samples=len(problems) * k, kept=len(keep_answer_correct(problems, texts)),
+                coverage=coverage_at_k(problems, texts, k), diversity=diversity_at_k(problems, texts, k),
+                fpr=false_positive_rate(problems, texts), tokens=spent,
+                planned_flops=planned_flops(n_params, len(problems), k, planned_tokens),
+                flops=sampling_flops(n_params, spent))
+
+
+def finetune_order(n_examples, steps, batch, seed):
+    """(steps, batch) example indices: shuffled passes over the data (a new permutation per pass, from a Generator
+    seeded by seed), cut into batches."""
+    rng = np.random.default_rng([seed, STUDY_STREAMS["order"]])
+    passes = -(-steps * batch // n_examples)  # ceil
+    return np.concatenate([rng.permutation(n_examples) for _ in range(passes)])[:steps * batch].reshape(steps, batch)
+
+
+def finetune(base, tok, kept, args, seed, device):
+    """A copy of base trained with supervised cross-entropy on the kept (problem, text) pairs: --ft-steps steps of
+    --ft-batch examples at the constant rate --ft-lr. With nothing kept the copy is returned untrained."""
+    model = GPT(base.config).to(device)
+    model.load_state_dict(base.state_dict())
+    losses = []
+    if not kept:
+        return model, losses
+    opt = torch.optim.AdamW(model.parameters(), lr=args.ft_lr, weight_decay=0.0, betas=(0.9, 0.95))
+    model.train()
+    for idx in finetune_order(len(kept), args.ft_steps, args.ft_batch, seed):
+        problems, texts = zip(*[kept[i] for i in idx])
+        with autocast(device):
+            losses.append(sft_step(model, opt, pack_examples(tok, problems, texts, device), args, args.ft_lr))
+    return model, losses
+
+
+def check_study_dir(study_dir, args):
+    """A study directory holds one set of settings: the same command resumes it, other settings are refused."""
+    config = {k: v for k, v in vars(args).items() if k not in ("device", "threads")}
+    path = study_dir / "config.json"
+    if path.exists():
+        changed = {k: (v, config.get(k)) for k, v in json.loads(path.read_text()).items() if config.get(k) != v}
+        if changed:
+            raise SystemExit(f"--study-dir {study_dir} holds a study with other settings (saved, now): {changed}; "
+                             f"pass another --study-dir or remove that one")
+    write_atomic(path, json.dumps(config, indent=1))
+
+
+def cached_json(path, make):
+    """The JSON at path, or make() written there first: what a resumed study skips."""
+    if not path.exists():
+        write_atomic(path, json.dumps(make()))
+    return json.loads(path.read_text())
+
+
+def study_rows(runs, seeds):
+    """One row per (setup, data set): mean and 95% interval over seeds of the fine-tuned greedy accuracies."""
+    rows = []
+    for setup in STUDY_SETUPS:
+        for source in ("se", *STUDY_BUDGETS.values()):
+            rs = [runs[(setup, source, s)] for s in range(seeds)]
+            rows.append(dict(setup=setup, model=STUDY_SETUPS[setup], source=source, kept=rs[0]["kept"],
+                             acc=mean_ci95([r["eval"][RL_LEVEL]["acc"] for r in rs]),
+                             ood_acc=mean_ci95([r["eval"][OOD_LEVEL]["acc"] for r in rs])))
+    return rows
+
+
+def study_markdown(quality, rows, bases, params):
+    fmt = lambda mc: f"{mc[0]:.3f} ± {mc[1]:.3f}" if not math.isnan(mc[1]) else f"{mc[0]:.3f}"
+    model_of = dict(se="SE", wc_compute="WC", wc_number="WC")
+    lines = ["| data set | model (params) | S per problem | samples | kept | coverage@S | diversity@S | FPR | "
+             "planned FLOPs | spent FLOPs |", "|" + " --- |" * 10]
+    for name, q in quality.items():
+        m = model_of[name]
+        lines.append(f"| {name} | {m} ({params[m.lower()]:,}) | {q['k']} | {q['samples']} | {q['kept']} | "
+                     f"{q['coverage']:.3f} | {q['diversity']:.2f} | {q['fpr']:.3f} | {q['planned_flops']:.3g} | "
+                     f"{q['flops']:.3g} |")
+    lines += ["", f"| setup | model fine-tuned | data set | kept examples | {RL_LEVEL} acc | {OOD_LEVEL} acc |",
+              "|" + " --- |" * 6]
+    for setup, model in STUDY_SETUPS.items():
+        b = bases[model]
+        lines.append(f"| {setup} | {model} | (none: before fine-tuning) | 0 | {b[RL_LEVEL]['acc']:.3f} | "
+                     f"{b[OOD_LEVEL]['acc']:.3f} |")
+        lines += [f"| {setup} | {model} | {r['source']} | {r['kept']} | {fmt(r['acc'])} | {fmt(r['ood_acc'])} |"
+                  for r in rows if r["setup"] == setup]
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(curves, rows, path):
+    """Left: coverage@k against k per model. Right: fine-tuned greedy accuracy on the RL level per setup, one bar
+    per data set, error bars the 95% intervals over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, ys in curves.items():
+        left.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=name.upper())
+    left.set_xlabel("k (samples per problem)")
+    left.set_ylabel(f"coverage@k on the study's {RL_LEVEL} problems")
+    left.legend()
+    sources = ["se", *STUDY_BUDGETS.values()]
+    for j, source in enumerate(sources):
+        rs = [next(r for r in rows if r["setup"] == s and r["source"] == source) for s in STUDY_SETUPS]
+        right.bar(np.arange(len(rs)) + (j - 1) * 0.27, [r["acc"][0] for r in rs], 0.27, label=source,
+                  yerr=[0.0 if math.isnan(r["acc"][1]) else r["acc"][1] for r in rs], capsize=3)
+    right.set_xticks(range(len(STUDY_SETUPS)), list(STUDY_SETUPS))
+    right.set_ylabel(f"fine-tuned {RL_LEVEL} greedy accuracy")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def study(args, argv, log=print):
+    """The whole study: warm starts, compute-matched sampling, data quality, fine-tunes, table and plot."""
+    t0 = time.time()
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok, out = get_tokenizer(), Path(args.study_dir)
+    check_study_dir(out, args)
+    margs = study_model_args(args)
+    models, bases, params = {}, {}, {}
+    for name, a in margs.items():
+        models[name], path = warm_start(a, tok, device, log)
+        bases[name] = base_evaluation(models[name], tok, a, device, path)
+        params[name] = models[name].num_params()
+    ratio = params["se"] / params["wc"]
+    log(f"params: SE {params['se']:,}, WC {params['wc']:,}, student {params['student']:,}; P_SE/P_WC = {ratio:.2f} "
+        + ("(>= 3, as in the paper)" if ratio >= 3 else "(below the paper's 3: a smaller cost gap)"))
+    s_se = args.s_se
+    s_wc = compute_matched_samples(params["se"], params["wc"], s_se)
+    problems = study_problems(args)
+    planned_tokens = float(np.mean([len(tok.encode(sft_completion(p))) + 1 for p in problems]))  # + EOS
+    log(f"{len(problems)} fresh {RL_LEVEL} problems; S_SE = {s_se}, S_WC = {s_wc} (compute-matched), "
+        f"planned {planned_tokens:.1f} tokens per sample")
+    samples = {}
+    for name, s in (("se", s_se), ("wc", s_wc)):
+        _, gen = step_rngs(args.study_seed, 0, stream=STUDY_STREAMS[name])
+        samples[name] = cached_json(out / f"samples-{name}.json", lambda: dict(zip(("texts", "tokens"), (
+            sample_solutions(models[name], tok, problems, s, args, gen, device)))))
+    sets = dict(se=("se", s_se), wc_compute=("wc", s_wc), wc_number=("wc", s_se))  # data set -> (model, k)
+    quality = {d: data_quality(problems, samples[m]["texts"], samples[m]["tokens"], params[m], k, planned_tokens)
+               for d, (m, k) in sets.items()}
+    kept = {d: keep_answer_correct(problems, [s[:k] for s in samples[m]["texts"]]) for d, (m, k) in sets.items()}
+    for d, q in quality.items():
+        log(f"{d}: {q['kept']} kept of {q['samples']}, coverage@{q['k']} {q['coverage']:.3f}, diversity "
+            f"{q['diversity']:.2f}, FPR {q['fpr']:.3f}, FLOPs planned {q['planned_flops']:.3g} spent {q['flops']:.3g}")
+    runs, jobs = {}, [(setup, source, seed) for setup in STUDY_SETUPS for source in sets
+                      for seed in range(args.study_seeds)]
+    for i, (setup, source, seed) in enumerate(jobs):
+        def make():
+            t = time.time()
+            model, losses = finetune(models[STUDY_SETUPS[setup]], tok, kept[source], args, seed, device)
+            return dict(kept=len(kept[source]), final_loss=losses[-1] if losses else None,
+                        eval=evaluate_all(model, tok, args, device), seconds=time.time() - t)
+        runs[(setup, source, seed)] = r = cached_json(out / "finetune" / f"{setup}-{source}-seed{seed}.json", make)
+        log(f"[study {i + 1}/{len(jobs)}] {setup} on {source}, seed {seed}: {RL_LEVEL} acc "
+            f"{r['eval'][RL_LEVEL]['acc']:.3f}, {OOD_LEVEL} acc {r['eval'][OOD_LEVEL]['acc']:.3f}")
+    rows = study_rows(runs, args.study_seeds)
+    curves = {m: [coverage_at_k(problems, samples[m]["texts"], k) for k in range(1, k_max + 1)]
+              for m, k_max in (("se", s_se), ("wc", s_wc))}
+    table = study_markdown(quality, rows, bases, params)
+    write_atomic(out / "results.md", table)
+    write_atomic(out / "results.json", json.dumps(dict(
+        command=" ".join(["python nanorgra.py"] + argv), seconds=time.time() - t0, params=params,
+        ratio=ratio, ratio_at_least_3=ratio >= 3, s_se=s_se, s_wc=s_wc, n_problems=len(problems),
+        planned_tokens_per_sample=planned_tokens, data=quality, coverage_curves=curves, bases=bases, rows=rows),
+        indent=1))
+    plot_study(curves, rows, out / "study.png")
+    log(table)
+    log(f"study: this invocation took {time.time() - t0:.0f}s; results in {out}")
+    return rows
+
+
+# -----------------------------------------------------------------------------
 # Entry point
 
 
@@ -944,6 +1284,12 @@ def main(argv=None):
     args = resolve_switches(parser.parse_args(argv))
     check_args(args, parser)
     t0 = time.time()
+    if args.study:
+        if args.quick:  # the quick settings first, so that flags given on the command line still win
+            args = resolve_switches(parser.parse_args(STUDY_QUICK_FLAGS + argv))
+            check_args(args, parser)
+        study(args, argv)
+        return
     if args.sweep:
         sweep(args, (QUICK_FLAGS if args.quick else []) + run_argv(argv))
         return

@@ -5,7 +5,7 @@ component of the loss is a named switch that one visible `if` reads.
     python nanorgra.py                            # the default job: warm start (cached), RL with RGRA, evaluation
     python nanorgra.py --preset grpo --mu 2       # GRPO, each sampled batch used for two updates
     python nanorgra.py --preset rgra --beta 0     # RGRA without the KL term: exactly one behaviour changes
-    python nanorgra.py --study --quick            # compute-matched sampling study, SE vs WC data (~15 min, 2 CPUs)
+    python nanorgra.py --study --quick            # compute-matched sampling study, SE vs WC data (10-15 min, 2 CPUs)
     python nanorgra.py --study                    # the same study at full size
     python nanorgra.py --help                     # every switch and its default
 
@@ -295,7 +295,7 @@ def build_parser():
     a.add_argument("--wc-n-embd", type=int, default=96, help="width of the WC model (2x4x96: P_SE/P_WC = 3.4)")
     a.add_argument("--student-base-seed", type=int, default=1,
                    help="warm-start seed of the distillation student (WC size; must differ from --base-seed)")
-    a.add_argument("--study-problems", type=int, default=1000, help="fresh RL-level problems to sample solutions for")
+    a.add_argument("--study-problems", type=int, default=2000, help="fresh RL-level problems to sample solutions for")
     a.add_argument("--study-seed", type=int, default=0, help="seed of the problem draw and of the sampling")
     a.add_argument("--s-se", type=int, default=4,
                    help="S_SE: samples per problem from SE; WC gets S_WC = floor(P_SE / P_WC x S_SE)")
@@ -346,23 +346,28 @@ def check_args(args, parser):
         parser.error(f"--n-embd ({args.n_embd}) must be a multiple of --n-head ({args.n_head})")
     if args.device not in ("auto", "cpu", "cuda", "mps"):
         parser.error(f"--device must be auto, cpu, cuda or mps, got {args.device!r}")
+    if args.sweep and args.study:
+        parser.error("--sweep and --study are two different jobs; pass one of them")
+    if args.study:
+        check_study_args(args, parser)
+
+
+def check_study_args(args, parser):
+    """The study's flags, checked only when the study runs (a plain run with --base-seed 1 is fine)."""
     for name in ("wc_n_layer", "wc_n_head", "wc_n_embd", "study_problems", "s_se", "ft_steps", "ft_batch", "ft_lr",
                  "study_seeds"):
-        positive(name.replace("_", "-"), getattr(args, name))
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.wc_n_embd % args.wc_n_head:
         parser.error(f"--wc-n-embd ({args.wc_n_embd}) must be a multiple of --wc-n-head ({args.wc_n_head})")
     if args.student_base_seed == args.base_seed:
         parser.error(f"--student-base-seed must differ from --base-seed ({args.base_seed}): with the same seed the "
                      f"student would be the WC model, which sampled the data")
-    if args.sweep and args.study:
-        parser.error("--sweep and --study are two different jobs; pass one of them")
-    if args.study:
-        config = lambda l, h, e: GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=l, n_head=h, n_embd=e)
-        p_se = GPT(config(args.n_layer, args.n_head, args.n_embd)).num_params()
-        p_wc = GPT(config(args.wc_n_layer, args.wc_n_head, args.wc_n_embd)).num_params()
-        if p_wc >= p_se:
-            parser.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {p_wc:,} parameters, not fewer than the SE's "
-                         f"{p_se:,} (--n-layer/--n-head/--n-embd): the WC model must be the cheaper one")
+    tok = get_tokenizer()
+    p = {name: GPT(model_config(a, tok)).num_params() for name, a in study_model_args(args).items()}
+    if p["wc"] >= p["se"]:
+        parser.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {p['wc']:,} parameters, not fewer than the SE's "
+                     f"{p['se']:,} (--n-layer/--n-head/--n-embd): the WC model must be the cheaper one")
 
 
 # -----------------------------------------------------------------------------
@@ -984,7 +989,7 @@ def sweep(args, base_argv, log=print):
 # The setups fine-tune one model on WC data vs on SE data: knowledge distillation (the student), self-improvement
 # (WC), weak-to-strong improvement (SE).
 
-STUDY_QUICK_FLAGS = ["--study-problems", "300", "--ft-steps", "60", "--eval-n", "200", "--pass-n", "50"]
+STUDY_QUICK_FLAGS = ["--study-problems", "500", "--ft-steps", "60", "--eval-n", "200", "--pass-n", "50"]
 STUDY_SETUPS = {"distillation": "student", "self_improvement": "wc", "weak_to_strong": "se"}  # -> model tuned
 STUDY_BUDGETS = {"compute": "wc_compute", "number": "wc_number"}  # budget -> the WC data set compared with "se"
 STUDY_STREAMS = dict(problems=5, se=6, wc=7, order=8)  # step_rngs-style stream ids, apart from RL's 1-3
@@ -1066,8 +1071,9 @@ def study_model_args(args):
 
 @torch.no_grad()
 def sample_solutions(model, tok, problems, n_samples, args, gen, device, chunk=64):
-    """n_samples completions per problem at temperature 1 -> (texts, generated tokens), one list per problem each.
-    One seed per problem is drawn from gen up front, so the chunking changes no sample."""
+    """n_samples completions per problem at temperature 1 -> dict(texts=, tokens=): per problem, the completion texts
+    and the tokens each generated (EOS included). One seed per problem is drawn from gen up front, so the chunking
+    changes no sample."""
     model.eval()
     seeds = torch.randint(0, 2**62, (len(problems),), generator=gen).tolist()
     texts, tokens = [], []
@@ -1079,7 +1085,7 @@ def sample_solutions(model, tok, problems, n_samples, args, gen, device, chunk=6
         flat, lengths = decode_completions(tok, r), r.mask.sum(1).tolist()  # (len(part) * n_samples,), EOS counted
         texts += [flat[j * n_samples:(j + 1) * n_samples] for j in range(len(part))]
         tokens += [lengths[j * n_samples:(j + 1) * n_samples] for j in range(len(part))]
-    return texts, tokens
+    return dict(texts=texts, tokens=tokens)
 
 
 def data_quality(problems, texts, tokens, n_params, k, planned_tokens):
@@ -1116,6 +1122,14 @@ def finetune(base, tok, kept, args, seed, device):
         with autocast(device):
             losses.append(sft_step(model, opt, pack_examples(tok, problems, texts, device), args, args.ft_lr))
     return model, losses
+
+
+def finetune_and_evaluate(base, tok, kept, args, seed, device):
+    """One fine-tune of the study, then greedy accuracy (and pass@k) on the held-out sets of both test levels."""
+    t = time.time()
+    model, losses = finetune(base, tok, kept, args, seed, device)
+    return dict(kept=len(kept), final_loss=losses[-1] if losses else None, eval=evaluate_all(model, tok, args, device),
+                seconds=time.time() - t)
 
 
 def check_study_dir(study_dir, args):
@@ -1214,6 +1228,7 @@ def study(args, argv, log=print):
     ratio = params["se"] / params["wc"]
     log(f"params: SE {params['se']:,}, WC {params['wc']:,}, student {params['student']:,}; P_SE/P_WC = {ratio:.2f} "
         + ("(>= 3, as in the paper)" if ratio >= 3 else "(below the paper's 3: a smaller cost gap)"))
+    t_models = time.time() - t0
     s_se = args.s_se
     s_wc = compute_matched_samples(params["se"], params["wc"], s_se)
     problems = study_problems(args)
@@ -1223,8 +1238,9 @@ def study(args, argv, log=print):
     samples = {}
     for name, s in (("se", s_se), ("wc", s_wc)):
         _, gen = step_rngs(args.study_seed, 0, stream=STUDY_STREAMS[name])
-        samples[name] = cached_json(out / f"samples-{name}.json", lambda: dict(zip(("texts", "tokens"), (
-            sample_solutions(models[name], tok, problems, s, args, gen, device)))))
+        samples[name] = cached_json(out / f"samples-{name}.json",
+                                    lambda: sample_solutions(models[name], tok, problems, s, args, gen, device))
+    t_sampling = time.time() - t0 - t_models  # the problem draw included
     sets = dict(se=("se", s_se), wc_compute=("wc", s_wc), wc_number=("wc", s_se))  # data set -> (model, k)
     quality = {d: data_quality(problems, samples[m]["texts"], samples[m]["tokens"], params[m], k, planned_tokens)
                for d, (m, k) in sets.items()}
@@ -1235,21 +1251,22 @@ def study(args, argv, log=print):
     runs, jobs = {}, [(setup, source, seed) for setup in STUDY_SETUPS for source in sets
                       for seed in range(args.study_seeds)]
     for i, (setup, source, seed) in enumerate(jobs):
-        def make():
-            t = time.time()
-            model, losses = finetune(models[STUDY_SETUPS[setup]], tok, kept[source], args, seed, device)
-            return dict(kept=len(kept[source]), final_loss=losses[-1] if losses else None,
-                        eval=evaluate_all(model, tok, args, device), seconds=time.time() - t)
-        runs[(setup, source, seed)] = r = cached_json(out / "finetune" / f"{setup}-{source}-seed{seed}.json", make)
+        runs[(setup, source, seed)] = r = cached_json(
+            out / "finetune" / f"{setup}-{source}-seed{seed}.json",
+            lambda: finetune_and_evaluate(models[STUDY_SETUPS[setup]], tok, kept[source], args, seed, device))
         log(f"[study {i + 1}/{len(jobs)}] {setup} on {source}, seed {seed}: {RL_LEVEL} acc "
             f"{r['eval'][RL_LEVEL]['acc']:.3f}, {OOD_LEVEL} acc {r['eval'][OOD_LEVEL]['acc']:.3f}")
     rows = study_rows(runs, args.study_seeds)
     curves = {m: [coverage_at_k(problems, samples[m]["texts"], k) for k in range(1, k_max + 1)]
               for m, k_max in (("se", s_se), ("wc", s_wc))}
-    table = study_markdown(quality, rows, bases, params)
+    table = (f"P_SE / P_WC = {params['se']:,} / {params['wc']:,} = {ratio:.2f}; S_SE = {s_se}, S_WC = {s_wc}; "
+             f"{len(problems)} problems. kept = answer-correct samples (steps unchecked); FPR = share of kept samples "
+             f"with a wrong step; fine-tuned accuracies: mean ± 95% interval over {args.study_seeds} seeds\n\n"
+             + study_markdown(quality, rows, bases, params))
     write_atomic(out / "results.md", table)
     write_atomic(out / "results.json", json.dumps(dict(
         command=" ".join(["python nanorgra.py"] + argv), seconds=time.time() - t0, params=params,
+        times=dict(models=t_models, sampling=t_sampling, finetunes=sum(r["seconds"] for r in runs.values())),
         ratio=ratio, ratio_at_least_3=ratio >= 3, s_se=s_se, s_wc=s_wc, n_problems=len(problems),
         planned_tokens_per_sample=planned_tokens, data=quality, coverage_curves=curves, bases=bases, rows=rows),
         indent=1))

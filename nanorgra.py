@@ -301,7 +301,7 @@ def build_parser():
                    help="S_SE: samples per problem from SE; WC gets S_WC = floor(P_SE / P_WC x S_SE)")
     a.add_argument("--ft-steps", type=int, default=200, help="fine-tuning steps on a filtered data set")
     a.add_argument("--ft-batch", type=int, default=64, help="examples per fine-tuning step")
-    a.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning learning rate (constant, AdamW)")
+    a.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tuning learning rate (constant, AdamW)")
     a.add_argument("--study-seeds", type=int, default=3, help="fine-tuning seeds (data order) per setup and data set")
     return p
 

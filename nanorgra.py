@@ -285,7 +285,8 @@ def build_parser():
                    + " ".join(STUDY_QUICK_FLAGS))
     a.add_argument("--sweep-seeds", type=int, default=3, help="seeds per variant (0..n-1)")
     a.add_argument("--sweep-variants", default=",".join(SWEEP_VARIANTS), help="comma-separated variants")
-    a.add_argument("--sweep-dir", default="runs/sweep", help="where the sweep's runs and results go")
+    a.add_argument("--sweep-dir", default=None, help="where the sweep's runs and results go (default: runs/sweep, "
+                   "or runs/sweep-quick with --quick)")
     a = p.add_argument_group("study (compute-matched sampling: SE = the model size above, WC = --wc-*)")
     a.add_argument("--study", action="store_true",
                    help="sample from SE and WC at equal sampling FLOPs, fine-tune on each, write a results table")
@@ -315,6 +316,8 @@ def resolve_switches(args):
         args.agg_constant = float(args.max_new_tokens)
     if args.out_dir is None:
         args.out_dir = f"runs/{args.preset}-seed{args.seed}"
+    if args.sweep_dir is None:
+        args.sweep_dir = "runs/sweep-quick" if args.quick else "runs/sweep"
     if args.study_dir is None:
         args.study_dir = "runs/study-quick" if args.quick else "runs/study"
     return args
@@ -703,6 +706,14 @@ def truncate_jsonl(path, last_step):
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def check_same_settings(run_dir, args):
+    """Stop when the run in run_dir was made with other settings: resuming or reusing it would mix two runs."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k != "resume" and saved.get(k) != v}
+    if changed:
+        raise SystemExit(f"{run_dir}: settings differ from the saved run (saved, now): {changed}")
+
+
 def start_run(args, tok, device, log):
     """Run directory, base model (the frozen KL reference), policy and optimizer, fresh or resumed."""
     run_dir = Path(args.out_dir)
@@ -715,10 +726,7 @@ def start_run(args, tok, device, log):
     if args.resume:
         if not (run_dir / "ckpt.pt").exists():
             raise SystemExit(f"--resume: no checkpoint at {run_dir / 'ckpt.pt'}")
-        saved = json.loads((run_dir / "config.json").read_text())
-        changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k != "resume" and saved.get(k) != v}
-        if changed:
-            raise SystemExit(f"--resume: settings differ from the saved run (saved, now): {changed}")
+        check_same_settings(run_dir, args)
         ckpt = torch.load(run_dir / "ckpt.pt", map_location=device)
         policy.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
@@ -941,9 +949,10 @@ def sweep(args, base_argv, log=print):
     for i, (variant, seed, argv) in enumerate(runs):
         status = run_status(sweep_dir / f"{variant}-seed{seed}")
         log(f"[sweep {i + 1}/{len(runs)}] {variant} seed {seed}: {status}")
-        if status == "done":
-            continue
         run_args = resolve_switches(parser.parse_args(argv + (["--resume"] if status == "partial" else [])))
+        if status == "done":
+            check_same_settings(sweep_dir / f"{variant}-seed{seed}", run_args)  # a finished run of OTHER settings
+            continue
         check_args(run_args, parser)
         if train(run_args, log=lambda *a: None) is None:
             log("sweep stopped; run the same command again to continue")

@@ -72,6 +72,19 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(tmp_path, monkeypatc
     assert json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"] == results["rows"]
 
 
+def test_sweep_refuses_to_reuse_finished_runs_made_with_other_settings(tmp_path):
+    argv = TINY + ["--base-dir", str(tmp_path / "bases"), "--sweep", "--sweep-dir", str(tmp_path / "sweep"),
+                   "--sweep-seeds", "1", "--sweep-variants", "rgra"]
+    nanorgra.main(argv)
+    with pytest.raises(SystemExit, match="settings differ"):  # e.g. a full sweep over a quick sweep's directory
+        nanorgra.main(argv + ["--steps", "4"])
+
+
+def test_quick_and_full_sweeps_default_to_different_directories():
+    parse = lambda argv: nanorgra.resolve_switches(nanorgra.build_parser().parse_args(argv))
+    assert parse(["--sweep"]).sweep_dir != parse(["--sweep", "--quick"]).sweep_dir
+
+
 def test_unknown_sweep_variant_is_refused_with_the_allowed_names(tmp_path, capsys):
     with pytest.raises(SystemExit):
         nanorgra.main(TINY + ["--sweep", "--sweep-dir", str(tmp_path), "--sweep-variants", "rgra,ppo"])

@@ -5,8 +5,9 @@ component of the loss is a named switch that one visible `if` reads.
     python nanorgra.py                            # the default job: warm start (cached), RL with RGRA, evaluation
     python nanorgra.py --preset grpo --mu 2       # GRPO, each sampled batch used for two updates
     python nanorgra.py --preset rgra --beta 0     # RGRA without the KL term: exactly one behaviour changes
-    python nanorgra.py --study --quick            # compute-matched sampling study, SE vs WC data (10-15 min, 2 CPUs)
-    python nanorgra.py --study                    # the same study at full size
+    python nanorgra.py --sweep --quick            # ablation sweep: 11 variants x 3 seeds (12 min on 2 CPU cores)
+    python nanorgra.py --study --quick            # compute-matched sampling study, SE vs WC data (9 min)
+    python nanorgra.py --study                    # the same study at full size (about 20 min)
     python nanorgra.py --help                     # every switch and its default
 
 Stage 1 (warm start): supervised training on worked solutions of the easy levels (data.tasks.SFT_LEVELS). The

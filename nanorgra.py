@@ -324,16 +324,19 @@ def resolve_switches(args):
     return args
 
 
+def require_positive(args, parser, names):
+    """Stop naming the first flag of names whose value is not > 0."""
+    for name in names:
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+
+
 def check_args(args, parser):
     """Stop at start-up on values that cannot work, naming the flag and what is allowed."""
-    def positive(name, value):
-        if not value > 0:
-            parser.error(f"--{name} must be > 0, got {value}")
-    for name in ("steps", "prompts", "sft_steps", "sft_batch", "max_new_tokens", "mu", "minibatches",
-                 "eval_every", "ckpt_every", "pass_k", "pass_n", "eval_n", "n_layer", "n_head", "n_embd"):
-        positive(name.replace("_", "-"), getattr(args, name))
-    for name in ("lr", "sft_lr", "eps_low", "eps_high", "temperature", "agg_constant"):
-        positive(name.replace("_", "-"), getattr(args, name))
+    require_positive(args, parser, ("steps", "prompts", "sft_steps", "sft_batch", "max_new_tokens", "mu",
+                                    "minibatches", "eval_every", "ckpt_every", "pass_k", "pass_n", "eval_n",
+                                    "n_layer", "n_head", "n_embd", "lr", "sft_lr", "eps_low", "eps_high",
+                                    "temperature", "agg_constant"))
     if args.group < 2 and (args.std_norm or args.baseline != "none" or args.objective == "raft"):
         parser.error(f"--group must be >= 2 with a group baseline, std normalisation or raft, got {args.group}")
     if args.group < 1:
@@ -358,10 +361,8 @@ def check_args(args, parser):
 
 def check_study_args(args, parser):
     """The study's flags, checked only when the study runs (a plain run with --base-seed 1 is fine)."""
-    for name in ("wc_n_layer", "wc_n_head", "wc_n_embd", "study_problems", "s_se", "ft_steps", "ft_batch", "ft_lr",
-                 "study_seeds"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    require_positive(args, parser, ("wc_n_layer", "wc_n_head", "wc_n_embd", "study_problems", "s_se", "ft_steps",
+                                    "ft_batch", "ft_lr", "study_seeds"))
     if args.wc_n_embd % args.wc_n_head:
         parser.error(f"--wc-n-embd ({args.wc_n_embd}) must be a multiple of --wc-n-head ({args.wc_n_head})")
     if args.student_base_seed == args.base_seed:
@@ -707,12 +708,14 @@ def truncate_jsonl(path, last_step):
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def check_same_settings(run_dir, args):
-    """Stop when the run in run_dir was made with other settings: resuming or reusing it would mix two runs."""
-    saved = json.loads((run_dir / "config.json").read_text())
-    changed = {k: (saved.get(k), v) for k, v in vars(args).items() if k != "resume" and saved.get(k) != v}
+def check_same_settings(config_path, now, ignore=(), hint=""):
+    """Stop when the settings saved at config_path differ from now (a dict), ignoring the keys in ignore: resuming
+    or reusing that directory would mix two runs."""
+    saved = json.loads(Path(config_path).read_text())
+    changed = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
+               if k not in ignore and saved.get(k) != now.get(k)}
     if changed:
-        raise SystemExit(f"{run_dir}: settings differ from the saved run (saved, now): {changed}")
+        raise SystemExit(f"{config_path}: settings differ from the saved ones (saved, now): {changed}{hint}")
 
 
 def start_run(args, tok, device, log):
@@ -727,7 +730,7 @@ def start_run(args, tok, device, log):
     if args.resume:
         if not (run_dir / "ckpt.pt").exists():
             raise SystemExit(f"--resume: no checkpoint at {run_dir / 'ckpt.pt'}")
-        check_same_settings(run_dir, args)
+        check_same_settings(run_dir / "config.json", vars(args), ignore=("resume",))
         ckpt = torch.load(run_dir / "ckpt.pt", map_location=device)
         policy.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
@@ -908,6 +911,16 @@ def results_markdown(rows, k):
     return "\n".join(lines) + "\n"
 
 
+def save_figure(fig, path):
+    """Write a matplotlib figure as a PNG via a temporary file, so a crash never leaves a half-written plot."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot_curves(curves, path_reward, path_acc):
     """Reward per step and held-out accuracy per evaluation, mean over seeds, one line per variant."""
     import matplotlib
@@ -922,11 +935,7 @@ def plot_curves(curves, path_reward, path_acc):
         ax.set_xlabel("RL step (-1 = base)" if key == "acc" else "RL step")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        tmp = Path(path).with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_figure(fig, path)
 
 
 def mean_curve(rows_per_seed, x_key, y_key):
@@ -952,7 +961,8 @@ def sweep(args, base_argv, log=print):
         log(f"[sweep {i + 1}/{len(runs)}] {variant} seed {seed}: {status}")
         run_args = resolve_switches(parser.parse_args(argv + (["--resume"] if status == "partial" else [])))
         if status == "done":
-            check_same_settings(sweep_dir / f"{variant}-seed{seed}", run_args)  # a finished run of OTHER settings
+            # a finished run made with OTHER settings (e.g. a quick sweep's) must not pass for this one
+            check_same_settings(sweep_dir / f"{variant}-seed{seed}" / "config.json", vars(run_args), ignore=("resume",))
             continue
         check_args(run_args, parser)
         if train(run_args, log=lambda *a: None) is None:
@@ -1147,10 +1157,7 @@ def check_study_dir(study_dir, args):
     config = {k: v for k, v in vars(args).items() if k not in ("device", "threads")}
     path = study_dir / "config.json"
     if path.exists():
-        changed = {k: (v, config.get(k)) for k, v in json.loads(path.read_text()).items() if config.get(k) != v}
-        if changed:
-            raise SystemExit(f"--study-dir {study_dir} holds a study with other settings (saved, now): {changed}; "
-                             f"pass another --study-dir or remove that one")
+        check_same_settings(path, config, hint="; pass another --study-dir or remove that one")
     write_atomic(path, json.dumps(config, indent=1))
 
 
@@ -1214,11 +1221,7 @@ def plot_study(curves, rows, path):
     right.set_xticks(range(len(STUDY_SETUPS)), list(STUDY_SETUPS))
     right.set_ylabel(f"fine-tuned {RL_LEVEL} greedy accuracy")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def study(args, argv, log=print):

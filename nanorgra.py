@@ -46,7 +46,7 @@ from data.tasks import LEVELS, OOD_LEVEL, RL_LEVEL, SFT_LEVELS, direct_completio
     sample_problems, sft_completion, sft_examples, test_exprs, test_set_path, train_problems, write_atomic
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, Rollout, generate, left_pad
-from verifier import FORMAT_REWARD, is_false_positive, outcome_reward
+from verifier import ERROR_KINDS, FORMAT_REWARD, first_error, is_false_positive, outcome_reward
 
 # -----------------------------------------------------------------------------
 # The loss, one small function per concept.
@@ -465,7 +465,7 @@ def evaluate(model, tok, level, args, device, seed=0, chunk=512):
     """Greedy accuracy on the first eval_n test problems; pass@k (k samples at T=1) on the first pass_n."""
     model.eval()
     problems = load_test_set(level)
-    out = {}
+    out, kinds = {}, []
     for name, n, k, temperature in (("acc", args.eval_n, 1, 0.0), (f"pass@{args.pass_k}", args.pass_n,
                                                                     args.pass_k, 1.0)):
         subset = problems[:n]
@@ -476,12 +476,16 @@ def evaluate(model, tok, level, args, device, seed=0, chunk=512):
                 r = generate(model, [tok.encode(prompt_text(p)) for p in part], args.max_new_tokens, tok.eos_id,
                              tok.pad_id, num_samples=k, temperature=temperature, seeds=[seed + i + j for j in
                                                                                          range(len(part))])
-            rewards = [outcome_reward(t, part[j // k]) for j, t in enumerate(decode_completions(tok, r))]
+            texts = decode_completions(tok, r)
+            rewards = [outcome_reward(t, part[j // k]) for j, t in enumerate(texts)]
             hits += [max(rewards[j * k:(j + 1) * k]) for j in range(len(part))]  # any of k right: pass@k with n=k
             lengths += r.mask.sum(1).tolist()
+            if name == "acc":
+                kinds += [first_error(t, p) for t, p in zip(texts, part)]
         out[name] = float(np.mean(hits))
         if name == "acc":
             out["len"] = float(np.mean(lengths))
+            out["errors"] = {kind: kinds.count(kind) for kind in ERROR_KINDS}  # where greedy outputs go wrong
     return out
 
 
@@ -492,7 +496,7 @@ def evaluate_all(model, tok, args, device):
 def base_evaluation(base, tok, args, device, base_path):
     """evaluate_all of the warm-start base, cached beside it: every run of a sweep starts from the same numbers."""
     spec = dict(eval_n=args.eval_n, pass_n=args.pass_n, pass_k=args.pass_k, max_new_tokens=args.max_new_tokens,
-                device=device.type, format_reward=FORMAT_REWARD,
+                device=device.type, format_reward=FORMAT_REWARD, error_kinds=ERROR_KINDS,
                 levels={lvl: [repr(LEVELS[lvl]), hashlib.sha256(test_set_path(lvl).read_bytes()).hexdigest()]
                         for lvl in (RL_LEVEL, OOD_LEVEL)})
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
@@ -814,6 +818,10 @@ def print_summary(summary, args, seconds):
         for metric in ("acc", f"pass@{args.pass_k}"):
             lines.append(f"{lvl + ' ' + metric:>14} {summary['base'][lvl][metric]:8.3f} "
                          f"{summary['final'][lvl][metric]:8.3f}")
+    base_errors, final_errors = summary["base"][RL_LEVEL].get("errors"), summary["final"][RL_LEVEL].get("errors")
+    if base_errors and final_errors:  # runs whose evaluations predate the error count have none
+        lines.append(f"{RL_LEVEL} greedy outputs by first error, base -> trained: "
+                     + ", ".join(f"{kind} {base_errors[kind]} -> {final_errors[kind]}" for kind in ERROR_KINDS))
     t = summary["times"]
     total = sum(t.values()) or 1.0
     lines.append(f"RL time: sampling {t['t_sample']:.0f}s ({100 * t['t_sample'] / total:.0f}%), scoring "

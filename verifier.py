@@ -172,6 +172,42 @@ def is_false_positive(text, problem):
     return not (check.steps_true and check.computes_expr)
 
 
+# Where a wrong completion first goes wrong, in the order the checks below meet it.
+ERROR_KINDS = ("right", "no answer", "not a step", "wrong operands", "false step", "stops early", "wrong answer line")
+
+
+def first_error(text, problem):
+    """"right" when the final answer is right (sound steps or not), else the first of ERROR_KINDS that text hits,
+    reading its lines in order: a line that is not a step "x<op>y=z"; a step that combines numbers the current
+    expression does not have next to each other or that precedence does not allow next ("wrong operands": it
+    lost track of the expression); a true-looking step whose arithmetic is false ("false step": it knows where it
+    is but not the fact); steps that end before one number is left ("stops early", a bare "A:" included); or sound
+    steps and an answer line that does not copy their result."""
+    if extract_answer(text) == gold_answer(problem):
+        return "right"
+    start = text.find(ANSWER_MARKER) if isinstance(text, str) else -1
+    if start < 0 or extract_answer(text) is None:
+        return "no answer"
+    before = text[:start]
+    if before and not before.endswith("\n"):
+        return "not a step"  # the answer marker is glued to a line
+    numbers, ops = parse_expression(problem.expr)
+    states = {(tuple(numbers), tuple(ops))}
+    for line in before.split("\n")[:-1]:
+        step = parse_step(line)
+        if step is None:
+            return "not a step"
+        states = replay_step(states, step)
+        if not states:
+            return "wrong operands"
+        x, op, y, z = step
+        if apply_op(x, op, y) != z:
+            return "false step"
+    if all(ops_left for _, ops_left in states):
+        return "stops early"
+    return "wrong answer line"
+
+
 def score(text, problem, format_reward=FORMAT_REWARD):
     """Everything the trainer logs about one completion."""
     check = check_steps(text, problem.expr)

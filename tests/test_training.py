@@ -158,7 +158,11 @@ def test_tiny_run_writes_config_metrics_evals_checkpoint_and_summary(tmp_path, b
     assert ckpt["step"] == 3 and {"model", "opt"} <= ckpt.keys()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and {"base", "final", "times"} <= summary.keys()
-    assert "mix3 acc" in capsys.readouterr().out  # the printed base-vs-trained table
+    for ev in (summary["base"]["mix3"], summary["final"]["mix3"]):  # every greedy output counted once by kind
+        assert sum(ev["errors"].values()) == config["eval_n"]
+        assert ev["errors"]["right"] == round(ev["acc"] * config["eval_n"])
+    printed = capsys.readouterr().out
+    assert "mix3 acc" in printed and "by first error" in printed  # the printed base-vs-trained table
 
 
 def test_warm_start_is_cached_and_reused_by_runs_with_the_same_base_settings(tmp_path, base_dir):

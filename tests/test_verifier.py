@@ -6,9 +6,11 @@ from hypothesis import strategies as st
 from data.tasks import Problem, evaluate, worked_solution
 from data.tokenizer import VOCAB
 from verifier import (
+    ERROR_KINDS,
     FORMAT_REWARD,
     check_steps,
     extract_answer,
+    first_error,
     has_answer_line,
     is_false_positive,
     outcome_reward,
@@ -232,3 +234,36 @@ def test_numbers_longer_than_50_digits_make_a_step_invalid_not_slow():
 def test_wrong_answers_are_never_false_positives():
     assert not is_false_positive("12+3=15\nA:18", P)
     assert not is_false_positive("", P)
+
+
+# ----------------------------------------------------------------------------
+# Where a wrong completion first goes wrong (the evaluation counts these)
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("3*4=12\n12+12=24\n24-5=19\nA:19", "right"),
+    ("A:19", "right"),  # a right bare answer is right: first_error judges the outcome first
+    ("3*4=12\n12+12=25\n25-5=20\nA:20", "false step"),
+    ("12+3=15\n15*4=60\n60-5=55\nA:55", "wrong operands"),  # ignored precedence
+    ("3*4=12\n12+3=15\n15-5=10\nA:10", "wrong operands"),  # lost track of which numbers are left
+    ("3*4=12\n12+12=24\nA:24", "stops early"),
+    ("A:7", "stops early"),
+    ("3*4=12\n12+12=24\n24-5=19\nA:18", "wrong answer line"),
+    ("3*4=12\nhmm\nA:7", "not a step"),
+    ("3*4=12A:12", "not a step"),
+    ("3*4=12\n12+12=24", "no answer"),
+    ("A:", "no answer"),
+])
+def test_first_error_names_the_first_thing_a_completion_gets_wrong(text, kind):
+    assert first_error(text, P) == kind
+
+
+def test_first_error_reports_the_earliest_line_when_several_are_wrong():
+    # line 1 is false, line 2 then also uses numbers the expression does not have
+    assert first_error("3*4=13\n1+1=2\n2-5=-3\nA:-3", P) == "false step"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(), st.text(alphabet=VOCAB, max_size=80)))
+def test_first_error_never_raises_and_returns_one_of_the_kinds(text):
+    assert first_error(text, P) in ERROR_KINDS

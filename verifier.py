@@ -86,12 +86,17 @@ MAX_STEP_DIGITS = 50  # longer numbers are no honest step of these tasks; refusi
 _STEP = re.compile(r"(-?[0-9]+)([+\-*])(-?[0-9]+)=(-?[0-9]+)")
 
 
+# What a completion gets wrong first (first_error); "right" is there so that counts over all outputs add up.
+ERROR_KINDS = ("right", "no answer", "not a step", "wrong operands", "false step", "stops early", "wrong answer line")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepCheck:
     steps_true: bool  # every step line x<op>y=z is arithmetically true
     computes_expr: bool  # the steps are legal reductions of the expression, ending at the final answer
     n_steps: int  # lines before the answer line
     error: str | None  # the first problem found, for humans
+    error_kind: str | None = None  # the kind of that problem, one of ERROR_KINDS
 
 
 def parse_step(line):
@@ -123,41 +128,43 @@ def replay_step(states, step):
 def check_steps(text, expr):
     """Check the step lines of text against expr (a trusted expression; see the module docstring)."""
     if not isinstance(text, str):
-        return StepCheck(False, False, 0, f"expected a str, got {type(text).__name__}")
+        return StepCheck(False, False, 0, f"expected a str, got {type(text).__name__}", "no answer")
     start = text.find(ANSWER_MARKER)
     if start < 0:
-        return StepCheck(False, False, 0, "no answer marker 'A:'")
+        return StepCheck(False, False, 0, "no answer marker 'A:'", "no answer")
     before = text[:start]
     if before and not before.endswith("\n"):
-        return StepCheck(False, False, 0, "the answer marker 'A:' does not start a line")
+        return StepCheck(False, False, 0, "the answer marker 'A:' does not start a line", "not a step")
     lines = before.split("\n")[:-1]
 
     numbers, ops = parse_expression(expr)
     states = {(tuple(numbers), tuple(ops))}
-    steps_true, errors = True, []
+    steps_true, errors = True, []  # errors: (kind, message) in the order they are met
     for k, line in enumerate(lines, start=1):
         step = parse_step(line)
-        if step is None:
-            return StepCheck(False, False, len(lines), f"line {k} {line!r} is not a step x<op>y=z")
+        if step is None:  # nothing after it can be replayed; an earlier error, if any, stays the first
+            kind, error = (errors + [("not a step", f"line {k} {line!r} is not a step x<op>y=z")])[0]
+            return StepCheck(False, False, len(lines), error, kind)
+        if states:  # a step the expression does not allow is the first thing wrong with it, true or not
+            states = replay_step(states, step)
+            if not states:
+                errors.append(("wrong operands", f"line {k} {line!r} is not a reduction that precedence allows next"))
         x, op, y, z = step
         if apply_op(x, op, y) != z:
             steps_true = False
-            errors.append(f"line {k} {line!r} is false")
-        if states:
-            states = replay_step(states, step)
-            if not states:
-                errors.append(f"line {k} {line!r} is not a reduction that precedence allows next")
+            errors.append(("false step", f"line {k} {line!r} is false"))
 
     answer = extract_answer(text)
     finals = {str(nums[0]) for nums, ops_left in states if not ops_left}  # str: answers compare as strings
     computes_expr = answer in finals
     if states and not finals:
-        errors.append("the steps stop before the expression is reduced to one number")
+        errors.append(("stops early", "the steps stop before the expression is reduced to one number"))
     elif answer is None:
-        errors.append("no integer after the answer marker")
+        errors.append(("no answer", "no integer after the answer marker"))
     elif finals and not computes_expr:
-        errors.append(f"the steps end at {min(finals)} but the answer line says {answer}")
-    return StepCheck(steps_true, computes_expr, len(lines), errors[0] if errors else None)
+        errors.append(("wrong answer line", f"the steps end at {min(finals)} but the answer line says {answer}"))
+    kind, error = errors[0] if errors else (None, None)
+    return StepCheck(steps_true, computes_expr, len(lines), error, kind)
 
 
 # ----------------------------------------------------------------------------
@@ -172,40 +179,18 @@ def is_false_positive(text, problem):
     return not (check.steps_true and check.computes_expr)
 
 
-# Where a wrong completion first goes wrong, in the order the checks below meet it.
-ERROR_KINDS = ("right", "no answer", "not a step", "wrong operands", "false step", "stops early", "wrong answer line")
-
-
 def first_error(text, problem):
-    """"right" when the final answer is right (sound steps or not), else the first of ERROR_KINDS that text hits,
-    reading its lines in order: a line that is not a step "x<op>y=z"; a step that combines numbers the current
-    expression does not have next to each other or that precedence does not allow next ("wrong operands": it
-    lost track of the expression); a true-looking step whose arithmetic is false ("false step": it knows where it
-    is but not the fact); steps that end before one number is left ("stops early", a bare "A:" included); or sound
-    steps and an answer line that does not copy their result."""
+    """"right" when the final answer is right (sound steps or not); "no answer" when there is none; else the kind
+    of the first thing check_steps finds wrong, reading the lines in order: a line that is not a step "x<op>y=z";
+    a step combining numbers that are not next to each other in what is left of the expression, or that
+    precedence does not allow next ("wrong operands": it lost track of the expression); a step whose arithmetic
+    is false ("false step": it knows where it is, not the fact); steps that end before one number is left ("stops
+    early", a bare "A:" included); or sound steps and an answer line that does not copy their result."""
     if extract_answer(text) == gold_answer(problem):
         return "right"
-    start = text.find(ANSWER_MARKER) if isinstance(text, str) else -1
-    if start < 0 or extract_answer(text) is None:
+    if extract_answer(text) is None:
         return "no answer"
-    before = text[:start]
-    if before and not before.endswith("\n"):
-        return "not a step"  # the answer marker is glued to a line
-    numbers, ops = parse_expression(problem.expr)
-    states = {(tuple(numbers), tuple(ops))}
-    for line in before.split("\n")[:-1]:
-        step = parse_step(line)
-        if step is None:
-            return "not a step"
-        states = replay_step(states, step)
-        if not states:
-            return "wrong operands"
-        x, op, y, z = step
-        if apply_op(x, op, y) != z:
-            return "false step"
-    if all(ops_left for _, ops_left in states):
-        return "stops early"
-    return "wrong answer line"
+    return check_steps(text, problem.expr).error_kind
 
 
 def score(text, problem, format_reward=FORMAT_REWARD):

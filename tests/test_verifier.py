@@ -36,7 +36,8 @@ def assert_scores_cleanly(text, format_reward):
     assert result["correct"] == (result["answer"] == "19")
     check = check_steps(text, P.expr)
     assert isinstance(check.steps_true, bool) and isinstance(check.computes_expr, bool)
-    assert (check.error is None) == (check.steps_true and check.computes_expr)
+    assert (check.error is None) == (check.steps_true and check.computes_expr) == (check.error_kind is None)
+    assert check.error_kind is None or check.error_kind in ERROR_KINDS
 
 
 @settings(max_examples=200, deadline=None)
@@ -256,6 +257,11 @@ def test_wrong_answers_are_never_false_positives():
 ])
 def test_first_error_names_the_first_thing_a_completion_gets_wrong(text, kind):
     assert first_error(text, P) == kind
+
+
+def test_check_steps_reports_a_false_line_before_a_later_line_that_is_not_a_step():
+    check = check_steps("3*4=13\nhmm\nA:19", P.expr)
+    assert (check.error, check.error_kind) == ("line 1 '3*4=13' is false", "false step")
 
 
 def test_first_error_reports_the_earliest_line_when_several_are_wrong():

@@ -168,6 +168,54 @@ def check_steps(text, expr):
 
 
 # ----------------------------------------------------------------------------
+# Solution style
+
+STYLE_NAMES = ("careful", "left-to-right", "shortcut", "bare", "other")  # data.tasks.STYLES, then "other"
+_TWO_OPS = re.compile(r"-?[0-9]+[+\-*][0-9]+[+\-*][0-9]+=-?[0-9]+")
+
+
+def replay_left_to_right(state, step):
+    """The expression after step, if step reduces the leftmost operator of state (ignoring precedence); else None."""
+    (numbers, ops), (x, op, y, z) = state, step
+    if not ops or (numbers[0], ops[0], numbers[1]) != (x, op, y):
+        return None
+    return (z,) + numbers[2:], ops[1:]
+
+
+def solution_style(text, expr):
+    """Which of the styles of data.tasks.STYLES text is written in, judged by its form, right or wrong:
+      "bare"           nothing before the answer line
+      "shortcut"       every line is a step, and some line does two operations at once ("4+9*6=58")
+      "careful"        one operation per line, each a reduction precedence allows next, down to one number
+      "left-to-right"  one operation per line, always the leftmost operator, down to one number
+      "other"          anything else: no answer, a line that is no step, operands from nowhere, stopping early
+    Where precedence does not change the order, careful and left-to-right texts are the same text: careful.
+    Numbers are taken as written, so a careful solution with a false step is still careful."""
+    if not isinstance(text, str) or ANSWER_MARKER not in text:
+        return "other"
+    before = text[: text.find(ANSWER_MARKER)]
+    if not before:
+        return "bare"
+    if not before.endswith("\n"):
+        return "other"
+    lines = before.split("\n")[:-1]
+    steps = [parse_step(line) for line in lines]
+    if any(step is None for step in steps):
+        both = all(step is not None or _TWO_OPS.fullmatch(line) for step, line in zip(steps, lines))
+        return "shortcut" if both else "other"
+    numbers, ops = parse_expression(expr)
+    careful, left_to_right = {(tuple(numbers), tuple(ops))}, (tuple(numbers), tuple(ops))
+    for step in steps:
+        careful = replay_step(careful, step)
+        left_to_right = replay_left_to_right(left_to_right, step) if left_to_right else None
+    if any(not ops_left for _, ops_left in careful):
+        return "careful"
+    if left_to_right is not None and not left_to_right[1]:
+        return "left-to-right"
+    return "other"
+
+
+# ----------------------------------------------------------------------------
 # Summaries
 
 

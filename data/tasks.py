@@ -1,20 +1,24 @@
-"""The synthetic arithmetic task family: expressions, their worked solutions, and frozen test sets.
+"""The synthetic arithmetic task family: expressions, their worked solutions in four styles, the corpora of the
+two warm-start stages, and frozen test sets.
 
 An expression is non-negative integers (no leading zeros) joined by the binary operators + - *, with no
-parentheses and the usual precedence: * first, then + and - from left to right. Example: "12+3*4-5".
+parentheses and the usual precedence: * first, then + and - from left to right. Example: "4+9*6-3".
 
-The worked solution reduces one operation per line, all multiplications first (leftmost first), then + and -
-left to right, and ends with the answer line:
+The careful worked solution reduces one operation per line, all multiplications first (leftmost first), then + and
+- left to right, and ends with the answer line:
 
-    Q:12+3*4-5        <- prompt_text(problem)
-    3*4=12            <- sft_completion(problem) starts here
-    12+12=24
-    24-5=19
-    A:19              <- the caller appends EOS after this
+    Q:4+9*6-3         <- prompt_text(problem)
+    9*6=54            <- worked_solution(problem.expr) starts here
+    4+54=58
+    58-3=55
+    A:55              <- the caller appends EOS after this
 
-Difficulty levels live in LEVELS, the one place to tune them. Each level has a frozen test set of
-TEST_SET_SIZE problems in data/test_sets/<level>.jsonl; every training draw excludes the test expressions of
-ALL levels, because a short expression of one level can also be drawn at another level.
+STYLES writes the same answer in three more ways, the habits of a messy corpus: left to right ignoring precedence,
+two operations in one line, and the bare answer. SKILLS and HABITS are the corpora of the two warm-start stages.
+
+Difficulty levels live in LEVELS, the one place to tune them. Each level has a frozen test set of TEST_SET_SIZE
+problems in data/test_sets/<level>.jsonl; every training draw excludes the test expressions of ALL levels, because
+a short expression of one level can also be drawn at another level (and a step is an expression of one operation).
 Regenerate the test sets with:  python -m data.tasks
 """
 import dataclasses
@@ -43,7 +47,9 @@ def _is_int(x):
 class Level:
     """One difficulty level. Operands are uniform in [min_operand, 10**n_digits - 1]; an operand next to a "*" is
     uniform in [min_operand, 10**mul_digits - 1] instead, which keeps products (and the lines that compute them)
-    short. min_operand=1 leaves out zeros, which make many long expressions trivial (0*7*...)."""
+    short. min_operand=1 leaves out zeros, which make many long expressions trivial (0*7*...).
+    A level with steps_of set is a level of atoms: each problem is one step "x<op>y" taken from the careful
+    solution of a random expression of the level steps_of names (draw_step), and its own digit fields are unused."""
 
     name: str
     n_ops: tuple  # (min, max) number of operators, both inclusive
@@ -51,6 +57,10 @@ class Level:
     operators: str  # a subset of "+-*"
     mul_digits: int = 1
     min_operand: int = 0
+    mul_chains: bool = True  # whether two * may follow each other ("2*3*4"), making multi-digit products
+    needs_precedence: bool = False  # a * right after a + or -: left to right gives another order (and value)
+    nonnegative: bool = False  # no step of the careful solution goes below zero
+    steps_of: str | None = None  # the level whose solution steps this level poses as problems
 
     def __post_init__(self):
         validate_level(self)
@@ -84,18 +94,32 @@ def validate_level(level):
     if not _is_int(level.min_operand) or not 0 <= level.min_operand < 10**level.mul_digits - 1:
         raise ValueError(f"level {level.name!r}: min_operand must be an int in [0, {10**level.mul_digits - 2}] "
                          f"(below the largest operand), got {level.min_operand!r}")
+    if level.needs_precedence and not ("*" in level.operators and set(level.operators) & set("+-") and n_ops[0] >= 2):
+        raise ValueError(f"level {level.name!r}: needs_precedence needs '*' and '+' or '-' among the operators and at "
+                         f"least 2 operators, got {level.operators!r} and n_ops {n_ops!r}")
+    if level.steps_of is not None:
+        if not isinstance(level.steps_of, str) or not level.steps_of or level.steps_of == level.name:
+            raise ValueError(f"level {level.name!r}: steps_of must name another level, got {level.steps_of!r}")
+        if n_ops != (1, 1):
+            raise ValueError(f"level {level.name!r}: a level of steps has n_ops (1, 1), got {n_ops!r}")
 
 
-# Easy to hard. SFT teaches the format on the first two, RL trains on the third, the fourth is never trained on.
+# Easy to hard: the warm start trains on atoms (single steps of mix3 solutions) and mix2, RL on mix3 (answers
+# only), and ood4 (longer expressions) is never trained on. Atoms have no test set of their own: a one-digit fact
+# space is too small to hold some of it out, and the atoms are measured in context, inside the RL level's held-out
+# solutions (nanorgra.step_accuracy). No two * in a row and no step below zero: every step of
+# a careful solution is a fact the warm start can master (STEP_KINDS). In every mix3 problem a * follows a + or a -,
+# so that precedence decides the order: the one thing the careful habit gets right and the others do not.
 LEVELS = {
-    "add1": Level("add1", n_ops=(1, 1), n_digits=2, operators="+-"),
-    "mix2": Level("mix2", n_ops=(1, 3), n_digits=1, operators="+-*"),
-    "mix3": Level("mix3", n_ops=(3, 3), n_digits=1, operators="+-*"),
-    "ood4": Level("ood4", n_ops=(4, 5), n_digits=1, operators="+-*"),
+    "atoms": Level("atoms", n_ops=(1, 1), n_digits=1, operators="+-*", steps_of="mix3"),
+    "mix2": Level("mix2", n_ops=(2, 3), n_digits=1, operators="+-*", mul_chains=False, nonnegative=True),
+    "mix3": Level("mix3", n_ops=(3, 3), n_digits=1, operators="+-*", mul_chains=False, needs_precedence=True,
+                  nonnegative=True),
+    "ood4": Level("ood4", n_ops=(4, 5), n_digits=1, operators="+-*", mul_chains=False, nonnegative=True),
 }
-SFT_LEVELS = ("add1", "mix2")
 RL_LEVEL = "mix3"
 OOD_LEVEL = "ood4"
+ATOM_LEVEL = "atoms"  # single steps of RL-level solutions: the skills the warm start must master
 
 
 def get_level(level):
@@ -158,12 +182,17 @@ def canonical_position(ops):
     return ops.index("*") if "*" in ops else 0
 
 
-def solution_steps(expr):
-    """The canonical reductions of expr as (x, op, y, z) tuples, in order."""
+def leftmost_position(ops):
+    """The precedence misconception's next reduction: always the leftmost operator, * or not."""
+    return 0
+
+
+def solution_steps(expr, position=canonical_position):
+    """The reductions of expr as (x, op, y, z) tuples, in the order position(ops) picks them, and the number left."""
     numbers, ops = parse_expression(expr)
     steps = []
     while ops:
-        i = canonical_position(ops)
+        i = position(ops)
         x, op, y = numbers[i], ops[i], numbers[i + 1]
         numbers, ops = reduce_at(numbers, ops, i)
         steps.append((x, op, y, numbers[i]))
@@ -175,11 +204,117 @@ def evaluate(expr):
     return solution_steps(expr)[1]
 
 
+def evaluate_left_to_right(expr):
+    """The value of expr computed strictly left to right, ignoring precedence: "2+3*4" -> 20."""
+    return solution_steps(expr, leftmost_position)[1]
+
+
+def precedence_matters(expr):
+    """Whether computing left to right gives another value than precedence does ("2+3*4" yes; "2*3+4" and
+    "2+3*1" no): exactly where the left-to-right misconception gets a problem wrong."""
+    return evaluate_left_to_right(expr) != evaluate(expr)
+
+
+# ----------------------------------------------------------------------------
+# Solution styles: ways of writing out the same answer. "careful" is the worked solution the skill stage teaches;
+# the others are the habits of a messy corpus, and they differ in how often they reach the right answer:
+#
+#   careful        3*4=12 / 12+12=24 / 24-5=19 / A:19    one operation per line, * first: right if the facts are
+#   left-to-right  12+3=15 / 15*4=60 / 60-5=55 / A:55    one operation per line, ignoring precedence: wrong exactly
+#                                                         where precedence matters
+#   shortcut       12+3*4=24 / 24-5=19 / A:19            two operations in one line where they chain: more mental
+#                                                         arithmetic per line, more slips
+#   bare           A:19                                  the answer with no work: a guess on long expressions
+# (Q:12+3*4-5 above; "/" stands for a new line.)
+
+
+def _written(steps, answer):
+    return "\n".join([f"{x}{op}{y}={z}" for x, op, y, z in steps] + [f"A:{answer}"])
+
+
 def worked_solution(expr):
-    """One line "x<op>y=z" per reduction, then "A:<answer>", joined by newlines."""
-    steps, answer = solution_steps(expr)
-    lines = [f"{x}{op}{y}={z}" for x, op, y, z in steps]
-    return "\n".join(lines + [f"A:{answer}"])
+    """The careful style: one line "x<op>y=z" per reduction in the canonical order, then "A:<answer>"."""
+    return _written(*solution_steps(expr))
+
+
+def left_to_right_solution(expr):
+    """The precedence misconception: one line per reduction, always the leftmost operator, then its answer."""
+    return _written(*solution_steps(expr, leftmost_position))
+
+
+def shortcut_solution(expr):
+    """Two operations in one line wherever the canonical order lets two reductions chain (the result of one is an
+    operand of the next): "4+9*6-3" -> "4+9*6=58 / 58-3=55 / A:55". Every line is a true, correctly ordered
+    sub-expression; what changes is how much is computed in one go."""
+    numbers, ops = parse_expression(expr)
+    lines = []
+    while ops:
+        i = canonical_position(ops)
+        line = f"{numbers[i]}{ops[i]}{numbers[i + 1]}"
+        numbers, ops = reduce_at(numbers, ops, i)  # the result is numbers[i]
+        j = canonical_position(ops) if ops else None
+        if j == i:  # the result is the left operand of the next reduction: "x op y op2 w"
+            line += f"{ops[j]}{numbers[j + 1]}"
+            numbers, ops = reduce_at(numbers, ops, j)
+        elif j == i - 1:  # it is the right operand: "w op2 x op y" (only when no * is left, so the order holds)
+            line = f"{numbers[j]}{ops[j]}" + line
+            numbers, ops = reduce_at(numbers, ops, j)
+            i = j
+        lines.append(f"{line}={numbers[i]}")
+    return "\n".join(lines + [f"A:{numbers[0]}"])
+
+
+def bare_answer(expr):
+    """The answer alone, "A:19": how much of real text states results without the work."""
+    return f"A:{evaluate(expr)}"
+
+
+STYLES = {"careful": worked_solution, "left-to-right": left_to_right_solution, "shortcut": shortcut_solution,
+          "bare": bare_answer}
+
+
+# ----------------------------------------------------------------------------
+# Step kinds: the atoms of worked solutions
+
+# The kinds of step in careful solutions, and how often the atoms level draws each, whatever their frequency in
+# solutions: the rare kinds are taught as much as the common ones, and the two with carries and borrows between two
+# products ("24+21", "72-25") twice as much.
+STEP_KINDS = {"1-digit +": 1, "1-digit -": 1, "1-digit *": 1, "multi-digit +": 1, "multi-digit -": 1,
+              "two multi-digit +": 2, "two multi-digit -": 2}
+
+
+def step_kind(x, op, y):
+    """The kind of the step x<op>y: its operator, and whether one, both or neither operand has several digits
+    ("24-21", two products, carries and borrows the most). The careful solutions of the levels (one-digit numbers,
+    no chained products, never below zero) use exactly the STEP_KINDS: * comes first and never meets a product."""
+    digits = sum(abs(n) >= 10 for n in (x, y))
+    return f"{('1-digit', 'multi-digit', 'two multi-digit')[digits]} {op}"
+
+
+def atom_check_steps(level, per_kind=200, seed=20_261_122, patience=5_000):
+    """The atoms the warm start must master, as a check set: up to per_kind distinct steps "x<op>y" -> z of each of
+    the STEP_KINDS, from the careful solutions of random expressions of level (seeded, so always the same set).
+    A kind with fewer distinct steps (there are 55 one-digit subtractions that stay >= 0) gets all that turn up
+    before patience draws in a row bring nothing new. Steps are facts, not held-out problems: there are only 100
+    one-digit products, and training has seen them all."""
+    level = get_level(level)
+    rng = np.random.default_rng(seed)
+    found, stale = {kind: {} for kind in STEP_KINDS}, 0
+    while stale < patience and any(len(steps) < per_kind for steps in found.values()):
+        stale += 1
+        for x, op, y, z in solution_steps(draw_expression(level, rng))[0]:
+            steps = found[step_kind(x, op, y)]
+            if len(steps) < per_kind and f"{x}{op}{y}" not in steps:
+                steps[f"{x}{op}{y}"], stale = z, 0
+    return found
+
+
+def expression_kind(expr):
+    """step_kind of a one-operation expression ("81*9" -> "multi-digit *")."""
+    numbers, ops = parse_expression(expr)
+    if len(ops) != 1:
+        raise ValueError(f"expected an expression of one operation, got {expr!r}")
+    return step_kind(numbers[0], ops[0], numbers[1])
 
 
 # ----------------------------------------------------------------------------
@@ -197,16 +332,6 @@ def prompt_text(problem):
     return f"Q:{problem.expr}\n"
 
 
-def sft_completion(problem):
-    """The target completion for supervised fine-tuning (the caller appends EOS)."""
-    return worked_solution(problem.expr)
-
-
-def direct_completion(problem):
-    """The bare answer with no work shown, "A:59": how much of real text states results (the caller appends EOS)."""
-    return f"A:{problem.answer}"
-
-
 # ----------------------------------------------------------------------------
 # Sampling
 
@@ -214,18 +339,42 @@ def direct_completion(problem):
 MAX_REJECTIONS_IN_A_ROW = 10_000
 
 
+def draw_step(level, rng):
+    """One step "x<op>y" of the careful solution of a random expression of level. Its kind is drawn first, with the
+    weights of STEP_KINDS, and expressions are drawn until one has a step of that kind: the draw follows the
+    emphasis chosen, not how often a kind happens to occur."""
+    weights = np.array(list(STEP_KINDS.values()), dtype=float)
+    kind = list(STEP_KINDS)[int(rng.choice(len(STEP_KINDS), p=weights / weights.sum()))]
+    for _ in range(MAX_REJECTIONS_IN_A_ROW):
+        steps, _ = solution_steps(draw_expression(level, rng))
+        matching = [(x, op, y) for x, op, y, _ in steps if step_kind(x, op, y) == kind]
+        if matching:
+            x, op, y = matching[int(rng.integers(len(matching)))]
+            return f"{x}{op}{y}"
+    raise ValueError(f"level {level.name!r}: no step of kind {kind!r} in {MAX_REJECTIONS_IN_A_ROW} expressions")
+
+
 def draw_expression(level, rng):
-    """A random expression of level, drawn with rng (a np.random.Generator)."""
-    n_ops = int(rng.integers(level.n_ops[0], level.n_ops[1] + 1))
-    ops = [level.operators[int(rng.integers(len(level.operators)))] for _ in range(n_ops)]
-    parts = []
-    for i in range(n_ops + 1):
-        multiplied = (i > 0 and ops[i - 1] == "*") or (i < n_ops and ops[i] == "*")
-        digits = level.mul_digits if multiplied else level.n_digits
-        parts.append(str(int(rng.integers(level.min_operand, 10**digits))))
-        if i < n_ops:
-            parts.append(ops[i])
-    return "".join(parts)
+    """A random expression of level, drawn with rng (a np.random.Generator), drawn again until the level's rules
+    hold (no chained products, enough *, no step below zero)."""
+    if level.steps_of is not None:
+        return draw_step(get_level(level.steps_of), rng)
+    while True:
+        n_ops = int(rng.integers(level.n_ops[0], level.n_ops[1] + 1))
+        ops = [level.operators[int(rng.integers(len(level.operators)))] for _ in range(n_ops)]
+        parts = []
+        for i in range(n_ops + 1):
+            multiplied = (i > 0 and ops[i - 1] == "*") or (i < n_ops and ops[i] == "*")
+            digits = level.mul_digits if multiplied else level.n_digits
+            parts.append(str(int(rng.integers(level.min_operand, 10**digits))))
+            if i < n_ops:
+                parts.append(ops[i])
+        expr = "".join(parts)
+        pattern = "".join(ops)
+        if ((level.mul_chains or "**" not in pattern) and not (level.needs_precedence and "+*" not in pattern
+                                                                and "-*" not in pattern)
+                and not (level.nonnegative and any(z < 0 for *_, z in solution_steps(expr)[0]))):
+            return expr
 
 
 def make_problem(level, rng):
@@ -264,7 +413,12 @@ TEST_SET_SIZE = 500
 TEST_SET_SEED = 20_260_318
 
 
+TESTED_LEVELS = tuple(name for name, level in LEVELS.items() if level.steps_of is None)  # the levels with a test set
+
+
 def test_set_path(level):
+    if get_level(level).name not in TESTED_LEVELS:
+        raise ValueError(f"level {get_level(level).name!r} has no test set; the levels with one: {list(TESTED_LEVELS)}")
     return TEST_SET_DIR / f"{get_level(level).name}.jsonl"
 
 
@@ -299,18 +453,23 @@ def load_test_set(level):
 
 def test_exprs(levels=None):
     """The union of the test expressions of levels (default: all levels), to keep out of every training draw."""
-    names = LEVELS if levels is None else levels
+    return _test_exprs(tuple(TESTED_LEVELS if levels is None else levels))
+
+
+@functools.cache
+def _test_exprs(names):
     return frozenset(p.expr for name in names for p in load_test_set(name))
 
 
-def write_atomic(path, text):
-    """Write text to path via a temporary file and os.replace, so a crash never leaves a half-written file."""
+def write_atomic(path, data):
+    """Write data (str or bytes) to path via a temporary file and os.replace, so a crash never leaves a
+    half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -320,12 +479,13 @@ def write_atomic(path, text):
 def write_test_sets():
     """Regenerate every level's test set file; returns {level name: number of problems}."""
     counts = {}
-    for name in LEVELS:
+    for name in TESTED_LEVELS:
         problems = generate_test_set(name)
         rows = [json.dumps({"expr": p.expr, "answer": p.answer}) + "\n" for p in problems]
         write_atomic(test_set_path(name), "".join(rows))
         counts[name] = len(problems)
     _read_test_set.cache_clear()
+    _test_exprs.cache_clear()
     return counts
 
 
@@ -338,17 +498,52 @@ def train_problems(level, n, rng):
     return sample_problems(level, n, rng, exclude=test_exprs())
 
 
-def sft_examples(levels, n, rng):
-    """n training problems split evenly over levels (the first ones get the remainder), shuffled together."""
-    if not levels:
-        raise ValueError(f"levels must name at least one level, got {levels!r}")
+def apportion(n, weights):
+    """n split into whole counts in proportion to weights (a dict name -> weight > 0), by largest remainder, ties
+    to the earlier name: {"a": 1, "b": 1, "c": 1} and n = 64 -> 22, 21, 21. Exact in every batch, no sampling noise."""
+    if not weights or any(not (isinstance(w, (int, float)) and w > 0) for w in weights.values()):
+        raise ValueError(f"weights must be a non-empty dict of numbers > 0, got {weights!r}")
     if not _is_int(n) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
-    problems = []
-    for k, name in enumerate(levels):
-        share = n // len(levels) + (1 if k < n % len(levels) else 0)
-        problems += train_problems(name, share, rng)
-    return [problems[i] for i in rng.permutation(len(problems))]
+    total = sum(weights.values())
+    exact = {name: n * w / total for name, w in weights.items()}
+    counts = {name: int(x) for name, x in exact.items()}
+    for name in sorted(exact, key=lambda name: counts[name] - exact[name])[: n - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+# A corpus is what one warm-start stage trains on: level -> (weight, styles), the styles a dict style -> weight.
+# Levels and, within a level, styles come in exact proportions (apportion) in every batch.
+CAREFUL = {"careful": 1}
+MESSY = {"careful": 1, "left-to-right": 3, "shortcut": 2, "bare": 2}
+
+# The warm start has two stages (nanorgra.warm_start), as an LLM has pre-training and mid-training:
+#   SKILLS  the atoms of RL-level solutions and careful worked solutions: the skill RL will need, mastered first
+#   HABITS  the same skills again (or they are forgotten), and a messy corpus of multi-step problems written in
+#           four styles: habits that are right at very different rates, for RL (answers only) to select from
+SKILLS = {"atoms": (1, CAREFUL), "mix2": (1, CAREFUL)}
+HABITS = {"atoms": (1, CAREFUL), "mix2": (2, MESSY)}
+
+
+def check_corpus(corpus):
+    """ValueError naming the first unknown level or style of corpus."""
+    for level, (weight, styles) in corpus.items():
+        get_level(level)
+        for style in styles:
+            if style not in STYLES:
+                raise ValueError(f"level {level!r}: unknown style {style!r}; expected some of {list(STYLES)}")
+
+
+def corpus_examples(corpus, n, rng):
+    """n training (problem, style) pairs of corpus, shuffled; the text is STYLES[style](problem.expr)."""
+    check_corpus(corpus)
+    pairs = []
+    for level, count in apportion(n, {level: w for level, (w, _) in corpus.items()}).items():
+        problems = train_problems(level, count, rng)
+        styles = [s for s, k in apportion(count, corpus[level][1]).items() for _ in range(k)]
+        pairs += [(problems[i], styles[j]) for i, j in zip(range(count), rng.permutation(count))]
+    return [pairs[i] for i in rng.permutation(n)]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The arithmetic task family: parsing, worked solutions, deterministic sampling, frozen test sets."""
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def test_parse_expression_splits_numbers_and_operators():
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "1+", "+1", "1++2", "-1+2", "01+2", "1+02", "1/2", "1 + 2", "1+2\n", "(1+2)", "١+2", "A:3"]
+    "bad", ["", "1+", "+1", "1++2", "-1+2", "1+-2", "01+2", "1+02", "1/2", "1 + 2", "1+2\n", "(1+2)", "١+2", "A:3"]
 )
 def test_parse_expression_rejects_malformed_expressions_naming_them(bad):
     with pytest.raises(ValueError, match="malformed expression"):
@@ -73,7 +74,7 @@ def test_worked_solution_of_one_operation_is_one_step_and_the_answer():
 @pytest.mark.parametrize("name", list(tasks.LEVELS))
 def test_worked_solutions_pass_the_step_checker_at_every_level(name):
     for problem in generated(name, n=300, seed=1):
-        text = tasks.sft_completion(problem)
+        text = worked_solution(problem.expr)
         check = verifier.check_steps(text, problem.expr)
         assert check.steps_true and check.computes_expr, (problem, check)
         assert check.n_steps == len(parse_expression(problem.expr)[1])
@@ -84,7 +85,7 @@ def test_worked_solutions_pass_the_step_checker_at_every_level(name):
 def test_prompt_and_completion_formats():
     problem = Problem(expr="12+3*4-5", answer=19, level="mix3")
     assert tasks.prompt_text(problem) == "Q:12+3*4-5\n"
-    assert tasks.sft_completion(problem) == worked_solution("12+3*4-5")
+    assert tasks.STYLES["careful"](problem.expr) == worked_solution("12+3*4-5")
 
 
 # ----------------------------------------------------------------------------
@@ -93,7 +94,8 @@ def test_prompt_and_completion_formats():
 
 def test_levels_run_from_easy_to_hard_and_name_themselves():
     assert all(level.name == name for name, level in tasks.LEVELS.items())
-    assert set(tasks.SFT_LEVELS) | {tasks.RL_LEVEL, tasks.OOD_LEVEL} <= set(tasks.LEVELS)
+    named = set(tasks.SKILLS) | set(tasks.HABITS) | {tasks.RL_LEVEL, tasks.OOD_LEVEL, tasks.ATOM_LEVEL}
+    assert named <= set(tasks.LEVELS)
     max_ops = [level.n_ops[1] for level in tasks.LEVELS.values()]
     assert max_ops == sorted(max_ops)
 
@@ -115,6 +117,11 @@ def test_levels_run_from_easy_to_hard_and_name_themselves():
         (dict(mul_digits=0), "mul_digits"),
         (dict(mul_digits=3), "mul_digits"),
         (dict(name=""), "name"),
+        (dict(needs_precedence=True, operators="+-"), "needs_precedence"),
+        (dict(needs_precedence=True, n_ops=(1, 2)), "needs_precedence"),
+        (dict(steps_of="bad"), "steps_of must name another level"),
+        (dict(steps_of=""), "steps_of must name another level"),
+        (dict(steps_of="mix3"), "a level of steps has n_ops"),
     ],
 )
 def test_invalid_level_parameters_raise_value_error_with_the_reason(kwargs, reason):
@@ -124,7 +131,7 @@ def test_invalid_level_parameters_raise_value_error_with_the_reason(kwargs, reas
 
 
 def test_unknown_level_name_raises_value_error_listing_the_levels():
-    with pytest.raises(ValueError, match="add1"):
+    with pytest.raises(ValueError, match="mix2"):
         tasks.make_problem("nope", rng())
 
 
@@ -138,7 +145,7 @@ def test_same_seed_gives_the_same_problems(name):
     assert generated(name, seed=7) != generated(name, seed=8)
 
 
-@pytest.mark.parametrize("name", list(tasks.LEVELS))
+@pytest.mark.parametrize("name", [name for name, level in tasks.LEVELS.items() if level.steps_of is None])
 def test_generated_problems_respect_the_level(name):
     level = tasks.LEVELS[name]
     for problem in generated(name, n=300):
@@ -164,18 +171,120 @@ def test_sample_problems_fails_clearly_when_the_level_runs_out_of_problems():
         tasks.sample_problems(tiny, 101, rng(), distinct=True)
 
 
-def test_sft_examples_split_evenly_over_levels_and_mix_them():
-    examples = tasks.sft_examples(tasks.SFT_LEVELS, 101, rng())
-    counts = {name: sum(p.level == name for p in examples) for name in tasks.SFT_LEVELS}
-    assert counts == {"add1": 51, "mix2": 50}
-    assert [p.level for p in examples] != sorted(p.level for p in examples)
+def test_no_level_chains_products_or_goes_below_zero_and_every_rl_problem_needs_precedence():
+    for name in (tasks.RL_LEVEL, tasks.OOD_LEVEL, "mix2"):
+        for p in generated(name, n=500):
+            assert "**" not in "".join(parse_expression(p.expr)[1])
+            assert all(z >= 0 for *_, z in tasks.solution_steps(p.expr)[0])
+    for p in generated(tasks.RL_LEVEL, n=500):  # a * right after a + or a -
+        assert "+*" in "".join(parse_expression(p.expr)[1]) or "-*" in "".join(parse_expression(p.expr)[1])
+
+
+def test_atoms_are_single_steps_of_rl_level_solutions_drawn_with_the_stated_kind_weights():
+    atoms = generated(tasks.ATOM_LEVEL, n=4000)
+    kinds = [tasks.expression_kind(p.expr) for p in atoms]
+    total = sum(tasks.STEP_KINDS.values())
+    for kind, weight in tasks.STEP_KINDS.items():  # 4000 * 1/9 = 444 or 4000 * 3/9 = 1333; noise about +-30
+        assert abs(kinds.count(kind) - len(atoms) * weight / total) < 120, (kind, kinds.count(kind))
+    # every step kind of the RL level's careful solutions is a STEP_KIND, so the atoms cover all of them
+    rl_steps = {tasks.step_kind(x, op, y) for p in generated(tasks.RL_LEVEL, n=2000)
+                for x, op, y, _ in tasks.solution_steps(p.expr)[0]}
+    assert rl_steps == set(tasks.STEP_KINDS)
+
+
+def test_a_step_kind_that_the_parent_level_never_makes_fails_clearly():
+    no_mul = Level("nomul", n_ops=(2, 2), n_digits=1, operators="+-")
+    steps = Level("steps", n_ops=(1, 1), n_digits=1, operators="+-*", steps_of="nomul")
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(tasks.LEVELS, "nomul", no_mul)
+        with pytest.raises(ValueError, match="no step of kind"):
+            [tasks.draw_expression(steps, rng(seed)) for seed in range(40)]
+
+
+def test_apportion_gives_exact_counts_in_proportion_with_ties_to_the_earlier_name():
+    assert tasks.apportion(64, {"a": 1, "b": 1, "c": 1}) == {"a": 22, "b": 21, "c": 21}
+    assert tasks.apportion(64, {"careful": 1, "left-to-right": 2, "bare": 1}) == {"careful": 16, "left-to-right": 32,
+                                                                                   "bare": 16}
+    assert sum(tasks.apportion(101, {"x": 0.3, "y": 0.7}).values()) == 101
+    with pytest.raises(ValueError, match="weights"):
+        tasks.apportion(10, {"a": 0})
+
+
+@pytest.mark.parametrize("corpus", ["SKILLS", "HABITS"])
+def test_corpus_examples_give_every_level_and_style_in_the_stated_shares_shuffled(corpus):
+    corpus, n = getattr(tasks, corpus), 64
+    examples = tasks.corpus_examples(corpus, n, rng())
+    counts = Counter((p.level, style) for p, style in examples)
+    for level, count in tasks.apportion(n, {level: w for level, (w, _) in corpus.items()}).items():
+        assert {style: counts[(level, style)] for style in corpus[level][1]} == tasks.apportion(count, corpus[level][1])
+    assert [p.level for p, _ in examples] != sorted(p.level for p, _ in examples)
+
+
+def test_the_habits_corpus_is_messy_where_the_skills_corpus_is_careful():
+    assert all(styles == tasks.CAREFUL for _, styles in tasks.SKILLS.values())
+    messy = [level for level, (_, styles) in tasks.HABITS.items() if set(styles) == set(tasks.STYLES)]
+    assert messy and all(tasks.LEVELS[level].n_ops[1] > 1 for level in messy)  # styles differ on multi-step problems
+
+
+def test_corpus_examples_exclude_every_test_set():
+    for corpus in (tasks.SKILLS, tasks.HABITS):
+        examples = tasks.corpus_examples(corpus, 5000, rng(4))
+        assert not {p.expr for p, _ in examples} & tasks.test_exprs()
+
+
+def test_unknown_levels_and_styles_of_a_corpus_are_refused_by_name():
+    with pytest.raises(ValueError, match="nope"):
+        tasks.corpus_examples({"nope": (1, tasks.CAREFUL)}, 4, rng())
+    with pytest.raises(ValueError, match="sloppy"):
+        tasks.corpus_examples({"mix2": (1, {"sloppy": 1})}, 4, rng())
+
+
+# ----------------------------------------------------------------------------
+# Solution styles
+
+
+def test_every_style_on_the_hand_example():
+    assert tasks.STYLES["careful"]("12+3*4-5") == "3*4=12\n12+12=24\n24-5=19\nA:19"
+    assert tasks.STYLES["left-to-right"]("12+3*4-5") == "12+3=15\n15*4=60\n60-5=55\nA:55"
+    assert tasks.STYLES["shortcut"]("12+3*4-5") == "12+3*4=24\n24-5=19\nA:19"
+    assert tasks.STYLES["bare"]("12+3*4-5") == "A:19"
+
+
+def test_left_to_right_is_wrong_exactly_where_precedence_matters_and_its_steps_are_all_true():
+    for p in generated(tasks.RL_LEVEL, n=2000, seed=2):
+        text = tasks.left_to_right_solution(p.expr)
+        right = verifier.outcome_reward(text, p) == 1.0
+        assert right == (not tasks.precedence_matters(p.expr))
+        assert verifier.check_steps(text, p.expr).steps_true  # the facts are right; the order is the misconception
+        # its text is the careful text exactly when no * follows a + or a -
+        no_conflict = "*" not in p.expr.lstrip("0123456789*")
+        assert (text == tasks.worked_solution(p.expr)) == no_conflict
+
+
+def test_precedence_matters_on_most_of_the_rl_level():
+    share = sum(tasks.precedence_matters(p.expr) for p in generated(tasks.RL_LEVEL, n=2000, seed=3)) / 2000
+    assert 0.75 < share < 0.9  # every problem has a * after + or -; the rest are coincidences (x*1, 0*x, ...)
+
+
+def test_shortcut_lines_are_true_sub_expressions_two_operations_at_a_time():
+    for p in generated(tasks.RL_LEVEL, n=500, seed=4):
+        lines = tasks.shortcut_solution(p.expr).split("\n")
+        assert lines[-1] == f"A:{p.answer}"
+        for line in lines[:-1]:
+            expr, value = line.rsplit("=", 1)
+            assert evaluate(expr) == int(value)
+        assert max(len(parse_expression(line.rsplit("=", 1)[0])[1]) for line in lines[:-1]) == 2
+
+
+def test_bare_is_the_right_answer_alone():
+    assert all(tasks.bare_answer(p.expr) == f"A:{p.answer}" for p in generated(tasks.RL_LEVEL, n=100))
 
 
 # ----------------------------------------------------------------------------
 # Frozen test sets
 
 
-@pytest.mark.parametrize("name", list(tasks.LEVELS))
+@pytest.mark.parametrize("name", tasks.TESTED_LEVELS)
 def test_test_set_files_hold_distinct_problems_and_match_regeneration_from_the_seed(name):
     problems = tasks.load_test_set(name)
     assert len(problems) == tasks.TEST_SET_SIZE
@@ -189,14 +298,22 @@ def test_test_set_rows_are_expr_and_answer():
     assert set(row) == {"expr", "answer"} and evaluate(row["expr"]) == row["answer"]
 
 
-def test_test_exprs_is_the_union_over_levels():
+def test_test_exprs_is_the_union_over_the_levels_with_a_test_set():
     union = tasks.test_exprs()
-    assert union == frozenset().union(*(tasks.test_exprs([name]) for name in tasks.LEVELS))
+    assert union == frozenset().union(*(tasks.test_exprs([name]) for name in tasks.TESTED_LEVELS))
     assert len(union) > tasks.TEST_SET_SIZE
 
 
+def test_a_level_of_steps_has_no_test_set_and_no_test_set_holds_a_single_step():
+    assert tasks.ATOM_LEVEL not in tasks.TESTED_LEVELS
+    with pytest.raises(ValueError, match="no test set"):
+        tasks.load_test_set(tasks.ATOM_LEVEL)
+    # so every one-digit fact can be trained on as a single-step problem, and no training draw holds a test problem
+    assert all(len(parse_expression(e)[1]) >= 2 for e in tasks.test_exprs())
+
+
 def test_plain_sampling_would_hit_the_test_sets_so_exclusion_matters():
-    drawn = {p.expr for p in tasks.sample_problems("add1", 5000, rng(3))}
+    drawn = {p.expr for p in tasks.sample_problems("mix2", 5000, rng(3))}
     assert drawn & tasks.test_exprs()
 
 
@@ -206,15 +323,10 @@ def test_training_draws_share_no_expression_with_any_test_set(name):
     assert not drawn & tasks.test_exprs()
 
 
-def test_sft_examples_exclude_every_test_set():
-    examples = tasks.sft_examples(tasks.SFT_LEVELS, 5000, rng(4))
-    assert not {p.expr for p in examples} & tasks.test_exprs()
-
-
 def test_write_test_sets_reproduces_the_committed_files(tmp_path, monkeypatch):
-    committed = {name: tasks.test_set_path(name).read_text() for name in tasks.LEVELS}
+    committed = {name: tasks.test_set_path(name).read_text() for name in tasks.TESTED_LEVELS}
     monkeypatch.setattr(tasks, "TEST_SET_DIR", tmp_path)
     counts = tasks.write_test_sets()
-    assert counts == {name: tasks.TEST_SET_SIZE for name in tasks.LEVELS}
-    assert {name: (tmp_path / f"{name}.jsonl").read_text() for name in tasks.LEVELS} == committed
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.jsonl" for name in tasks.LEVELS)
+    assert counts == {name: tasks.TEST_SET_SIZE for name in tasks.TESTED_LEVELS}
+    assert {name: (tmp_path / f"{name}.jsonl").read_text() for name in tasks.TESTED_LEVELS} == committed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.jsonl" for name in tasks.TESTED_LEVELS)

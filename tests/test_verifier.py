@@ -1,13 +1,15 @@
 """The verifier: first-marker answers compared as strings, an exact step checker, and no exception on any text."""
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.tasks import Problem, evaluate, worked_solution
+from data.tasks import RL_LEVEL, STYLES, Problem, evaluate, sample_problems, worked_solution
 from data.tokenizer import VOCAB
 from verifier import (
     ERROR_KINDS,
     FORMAT_REWARD,
+    STYLE_NAMES,
     check_steps,
     extract_answer,
     first_error,
@@ -15,6 +17,7 @@ from verifier import (
     is_false_positive,
     outcome_reward,
     score,
+    solution_style,
 )
 
 
@@ -273,3 +276,38 @@ def test_first_error_reports_the_earliest_line_when_several_are_wrong():
 @given(st.one_of(st.text(), st.text(alphabet=VOCAB, max_size=80)))
 def test_first_error_never_raises_and_returns_one_of_the_kinds(text):
     assert first_error(text, P) in ERROR_KINDS
+
+
+# ----------------------------------------------------------------------------
+# Solution style: which habit a completion shows, judged by its form
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_every_style_the_corpus_writes_is_recognised_where_its_text_differs_from_careful(style):
+    for p in sample_problems(RL_LEVEL, 1000, np.random.default_rng(5)):
+        text = STYLES[style](p.expr)
+        expected = "careful" if style == "left-to-right" and text == worked_solution(p.expr) else style
+        assert solution_style(text, p.expr) == expected, (p.expr, text)
+
+
+@pytest.mark.parametrize("text,style", [
+    ("3*4=13\n12+13=25\n25-5=20\nA:20", "careful"),  # the order is careful; a false step is another matter
+    ("12+3=15\n15*4=61\n61-5=56\nA:56", "left-to-right"),
+    ("12+3*4=25\n25-5=20\nA:20", "shortcut"),
+    ("A:7", "bare"),
+    ("3*4=12\nA:19", "other"),  # stops early
+    ("3*4=12\n12+12=24\n2-5=-3\nA:-3", "other"),  # operands from nowhere
+    ("3*4=12\nso 24\nA:19", "other"),  # a line that is no step
+    ("3*4=12\n12+12=24\n24-5=19", "other"),  # no answer line
+    ("3*4=12 A:19", "other"),  # the marker does not start a line
+    ("", "other"),
+    (None, "other"),
+])
+def test_solution_style_on_hand_examples(text, style):
+    assert solution_style(text, P.expr) == style
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(), st.text(alphabet=VOCAB, max_size=80)))
+def test_solution_style_never_raises_and_returns_one_of_the_names(text):
+    assert solution_style(text, P.expr) in STYLE_NAMES

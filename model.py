@@ -5,11 +5,12 @@ What is here, top to bottom:
   1. GPTConfig and GPT: pre-norm transformer blocks, causal self-attention, tied input/output embeddings,
      learned positions. The forward takes a `valid` mask so that left-padded rows work: padding is never attended
      to and every row's positions start at 0 on its first real token.
-  2. token_logprobs: log pi(target | prefix) at a temperature, the quantity the RL loss is built from.
+  2. token_logprobs and completion_logprobs: log pi(target | prefix) at a temperature, the quantity the RL loss
+     is built from; pick_device and autocast (bf16 on CUDA, float32 elsewhere).
   3. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded; each prompt is
      prefilled once and its cache is copied to its G samples; then one token per step for every row; a row stops
      at its own EOS. Every random draw comes from per-prompt seeded torch.Generators, so a prompt gets the same
-     samples whether it is sampled alone or in a batch.
+     samples whether it is sampled alone or in a batch. pack lays out given completions the same way.
   4. generate_naive: the nanoGPT-style loop (recompute the whole sequence every step), kept as the reference the
      tests compare against and the baseline of the benchmark.
 
@@ -17,7 +18,7 @@ Simplifications: no dropout (RL wants the sampled and the trained distribution t
 rotary embeddings, no flash-decoding; the cache is preallocated to prompt length + max_new_tokens.
 
 Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the full-recompute loop
-(batch 256 rows, 64 new tokens, the default model size).
+(batch 256 rows, 64 new tokens, the default model size), on CUDA when there is one (then also under bf16 autocast).
 """
 
 import math
@@ -157,6 +158,18 @@ def padded_causal_mask(valid, start):
     return mask[:, None]  # (B, 1, T, S)
 
 
+def pick_device(name="auto"):
+    """A torch.device; "auto" is cuda, else mps, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slow, MPS support varies)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def token_logprobs(logits, targets, temperature=1.0):
     """
     log pi(target_t | prefix) under softmax(logits / temperature).  logits: (B, T, V), targets: (B, T) -> (B, T).
@@ -164,6 +177,14 @@ def token_logprobs(logits, targets, temperature=1.0):
     """
     logp = F.log_softmax(logits.float() / temperature, dim=-1)  # float32 even under bf16 autocast
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def completion_logprobs(model, batch, temperature, rows=slice(None)):
+    """Log-probs (N, L) of the completion tokens of batch[rows] (a Rollout) given their prompts, at the sampling
+    temperature: train the distribution that was sampled, or the ratio pi_theta / pi_old is not 1 at the start."""
+    prompt, tokens = batch.prompt[rows], batch.tokens[rows]
+    seq, valid = torch.cat([prompt, tokens], 1), torch.cat([batch.prompt_valid[rows], batch.mask[rows]], 1)
+    return token_logprobs(model(seq, valid=valid)[:, prompt.size(1) - 1:-1], tokens, temperature)  # (N, L)
 
 
 # -----------------------------------------------------------------------------
@@ -204,6 +225,18 @@ def left_pad(prompts, pad_id, device):
         idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
         valid[i, P - len(p):] = True
     return idx, valid
+
+
+def pack(prompts, completions, pad_id, device):
+    """Given completions (token lists, EOS included) of prompts (token lists) as a Rollout, the layout the sampler
+    returns: left-padded prompts, right-padded completions, a mask over the real completion tokens, log-probs 0."""
+    prompt, prompt_valid = left_pad(prompts, pad_id, device)
+    lengths = torch.tensor([len(c) for c in completions], device=device)
+    tokens = torch.full((len(completions), int(lengths.max())), pad_id, dtype=torch.long, device=device)
+    for i, c in enumerate(completions):
+        tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
+    mask = torch.arange(tokens.size(1), device=device)[None] < lengths[:, None]  # (N, L)
+    return Rollout(prompt, prompt_valid, tokens, mask, torch.zeros(tokens.shape, device=device))
 
 
 def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
@@ -338,14 +371,19 @@ def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1
 # Self-check and benchmark: python model.py
 
 
-def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats):
-    """Tokens per second of both samplers on the same batch; EOS is a token the random model never picks first."""
+def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats, device):
+    """Tokens per second of both samplers on the same batch (and, on CUDA, of the KV cache under bf16 autocast, as
+    training samples); EOS is a token the random model never picks first."""
     rates = {}
-    for name, fn in (("kv-cache", generate), ("full-recompute", generate_naive)):
+    runs = [("kv-cache", generate, False), ("full-recompute", generate_naive, False)]
+    for name, fn, bf16 in runs + ([("kv-cache, bf16 autocast", generate, True)] if device.type == "cuda" else []):
         best = float("inf")
         for r in range(repeats):
             t0 = time.perf_counter()
-            out = fn(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, seeds=range(len(prompts)))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                out = fn(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, seeds=range(len(prompts)))
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the clock
             best = min(best, time.perf_counter() - t0)
         rates[name] = out.mask.sum().item() / best
     return rates
@@ -380,6 +418,7 @@ if __name__ == "__main__":
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
     parser.add_argument("--compare-hf", action="store_true",
                         help="also time transformers' GPT-2 generate() at the same size (needs transformers)")
     args = parser.parse_args()
@@ -391,34 +430,38 @@ if __name__ == "__main__":
     import numpy as np
 
     tok = get_tokenizer()
+    device = pick_device(args.device)
     config = GPTConfig(vocab_size=tok.vocab_size, block_size=128)
-    model = GPT(config, seed=0).eval()
+    model = GPT(config, seed=0).to(device).eval()
     problems = sample_problems(LEVELS[RL_LEVEL], args.batch, np.random.default_rng(0))
     prompts = [tok.encode(prompt_text(p)) for p in problems]
     # an EOS id outside the vocabulary keeps every row running for the full budget: a fair, fixed-length timing
     never = -1
 
-    # self-check: the cache changes the cost, not the result
+    # self-check, in float32 on the device: the cache changes the cost, not the result (tests/test_gpu.py checks
+    # bf16 autocast on CUDA, where a near-tie between two tokens may be decided differently)
     few = prompts[:8]
     a = generate(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     b = generate_naive(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     assert torch.equal(a.tokens, b.tokens), "KV-cache and full-recompute samples differ"
     assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4), "KV-cache and full-recompute log-probs differ"
-    seq, valid = a.sequences()
-    P = a.prompt.size(1)
-    lp = token_logprobs(model(seq, valid=valid)[:, P - 1:-1], a.tokens)
-    print(f"self-check ok: KV-cache == full recompute; sampler vs training log-probs max |diff| = "
+    with torch.no_grad():
+        lp = completion_logprobs(model, a, 1.0)
+    print(f"self-check ok on {device}: KV-cache == full recompute; sampler vs training log-probs max |diff| = "
           f"{(lp - a.logprobs).abs().max().item():.2e}")
 
     lens = [len(p) for p in prompts]
     print(f"model: {model.num_params():,} params ({config.n_layer} layers, {config.n_head} heads, "
           f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} tokens, "
-          f"{args.new_tokens} new tokens, {torch.get_num_threads()} threads")
-    rates = _benchmark(model, prompts, never, tok.pad_id, args.new_tokens, args.repeats)
+          f"{args.new_tokens} new tokens, on {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
+                                                            else f", {torch.get_num_threads()} threads"))
+    rates = _benchmark(model, prompts, never, tok.pad_id, args.new_tokens, args.repeats, device)
     for name, r in rates.items():
         print(f"{name:>15}: {r:,.0f} sampled tokens/s")
     print(f"speed-up (kv-cache / full-recompute): {rates['kv-cache'] / rates['full-recompute']:.1f}x")
-    if args.compare_hf:
+    if args.compare_hf and device.type != "cpu":
+        print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
+    elif args.compare_hf:
         hf_rate, hf_params = _benchmark_hf(config, prompts, tok.pad_id, args.new_tokens, args.repeats)
         print(f"{'hf generate':>15}: {hf_rate:,.0f} sampled tokens/s (transformers GPT-2, {hf_params:,} params)")
         print(f"kv-cache / hf generate: {rates['kv-cache'] / hf_rate:.2f}x")

@@ -7,6 +7,7 @@ and a loss value of 0 does not mean a gradient of 0.
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 import nanorgra
 from data.tasks import make_problem, prompt_text
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, generate
+from model import GPT, GPTConfig, completion_logprobs, generate
 
 AGGS = ["seq-mean-token-mean", "token-mean", "seq-sum-norm"]
 # Made-up verifier rewards for 4 prompts x 4 samples: mixed groups, one all-wrong and one all-right group.
@@ -45,9 +46,9 @@ def rollout(tiny, tok):
     return r
 
 
-def make_args(*flags):
-    """The switches exactly as the command line resolves them (rgra defaults, presets, one-flag changes)."""
-    return nanorgra.resolve_switches(nanorgra.build_parser().parse_args(["--grad-clip", "0", *flags]))
+def make_cfg(*flags):
+    """The LossConfig exactly as the command line resolves it (rgra defaults, presets, one-flag changes)."""
+    return nanorgra.parse_args(["--grad-clip", "0", *flags]).loss
 
 
 class RecordingSGD(torch.optim.SGD):
@@ -62,13 +63,18 @@ class RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def run_learn(model, rollout, args, lr=0.0, adv=None, keep=None):
-    """One call of nanorgra.learn on a fresh copy of model (the untouched model is the KL reference)."""
-    policy, ref = copy.deepcopy(model).train(), copy.deepcopy(model).eval().requires_grad_(False)
+def run_learn(model, rollout, cfg, lr=0.0, adv=None, keep=None):
+    """One call of nanorgra.learn on a fresh copy of model (the untouched model is the KL reference). Returns the
+    trained copy, the gradients of each update, and learn's statistics summed like step_metrics sums them."""
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        ref_logp = completion_logprobs(model, rollout, 1.0)
     opt = RecordingSGD(policy.parameters(), lr=lr)
     if adv is None:
-        adv, keep = nanorgra.advantages_for(REWARDS, args)
-    stats = nanorgra.learn(policy, ref, opt, rollout, adv, keep, args, torch.Generator().manual_seed(0))
+        adv, keep = nanorgra.advantages_for(REWARDS, cfg)
+    records, norms = nanorgra.learn(policy, opt, rollout, ref_logp, adv, keep, cfg, 1.0, torch.Generator().manual_seed(0))
+    stats = dict(clipped=sum(r["clipped"] for r in records), ratio_max=max(r["ratio_max"] for r in records),
+                 loss=sum(r["loss"] for r in records) / len(norms))
     return policy, opt.grads, stats
 
 
@@ -173,9 +179,9 @@ def test_raft_selects_the_first_best_sample_of_each_group_and_none_when_all_are_
 
 
 def test_skip_zero_var_drops_exactly_the_rows_of_zero_variance_groups():
-    adv, keep = nanorgra.advantages_for(REWARDS, make_args("--skip-zero-var"))
+    adv, keep = nanorgra.advantages_for(REWARDS, make_cfg("--skip-zero-var"))
     assert keep.tolist() == [True] * 4 + [False] * 8 + [True] * 4
-    _, keep_all = nanorgra.advantages_for(REWARDS, make_args())
+    _, keep_all = nanorgra.advantages_for(REWARDS, make_cfg())
     assert keep_all.all()
 
 
@@ -363,10 +369,9 @@ def test_completion_logprobs_equal_the_samplers_logprobs_so_rho_is_one_before_an
     r = generate(tiny.eval(), prompts, 10, tok.eos_id, tok.pad_id, num_samples=3, temperature=temperature,
                  generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logp, entropy = nanorgra.completion_logprobs(tiny, r.prompt, r.prompt_valid, r.tokens, r.mask, temperature)
-        logp_t1, _ = nanorgra.completion_logprobs(tiny, r.prompt, r.prompt_valid, r.tokens, r.mask, 1.0)
+        logp = completion_logprobs(tiny, r, temperature)
+        logp_t1 = completion_logprobs(tiny, r, 1.0)
     assert (logp - r.logprobs)[r.mask].abs().max() < 1e-5
-    assert (entropy[r.mask] >= 0).all()
     if temperature != 1.0:  # pitfall 9: the loss must use the sampling temperature, or rho != 1 from the start
         assert (logp_t1 - r.logprobs)[r.mask].abs().max() > 1e-2
 
@@ -375,12 +380,11 @@ def test_one_update_raises_the_logprob_of_positive_advantage_completions_and_low
     adv = torch.zeros(B * G)
     adv[0], adv[1] = 1.0, -1.0
     keep = torch.ones(B * G, dtype=torch.bool)
-    policy, _, _ = run_learn(tiny, rollout, make_args("--beta", "0"), lr=0.1, adv=adv, keep=keep)
+    policy, _, _ = run_learn(tiny, rollout, make_cfg("--beta", "0"), lr=0.1, adv=adv, keep=keep)
 
     def seq_logp(model):
         with torch.no_grad():
-            lp, _ = nanorgra.completion_logprobs(model, rollout.prompt[:2], rollout.prompt_valid[:2],
-                                                 rollout.tokens[:2], rollout.mask[:2], 1.0)
+            lp = completion_logprobs(model, rollout, 1.0, slice(0, 2))
         return (lp * rollout.mask[:2]).sum(1)
 
     before, after = seq_logp(tiny), seq_logp(policy)
@@ -396,11 +400,11 @@ def test_one_update_raises_the_logprob_of_positive_advantage_completions_and_low
 def test_grpo_and_rgra_gradients_are_equal_at_mu_1_and_nothing_is_clipped(tiny, rollout, agg):
     """One update per sampled batch: old log-probs are the sampler's, rho = 1, and the ratio+clip gradient
     A rho grad log pi equals the REINFORCE gradient A grad log pi."""
-    _, grpo, s_grpo = run_learn(tiny, rollout, make_args("--preset", "grpo", "--agg", agg))
-    _, rgra, s_rgra = run_learn(tiny, rollout, make_args("--preset", "rgra", "--agg", agg))
+    _, grpo, s_grpo = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--agg", agg))
+    _, rgra, s_rgra = run_learn(tiny, rollout, make_cfg("--preset", "rgra", "--agg", agg))
     assert len(grpo) == len(rgra) == 1
     assert_same_grads(grpo[0], rgra[0])
-    assert s_grpo["clipped_sum"] == 0
+    assert s_grpo["clipped"] == 0
     assert s_grpo["ratio_max"] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -408,13 +412,13 @@ def test_grpo_and_rgra_differ_from_the_second_update_on_when_a_batch_is_reused(t
     """mu = 2 with a step big enough to move rho outside [1 - eps, 1 + eps]: the first update is the same for
     both, the second is not, and only GRPO clips."""
     lr = 1.0
-    p_grpo, grpo, s_grpo = run_learn(tiny, rollout, make_args("--preset", "grpo", "--mu", "2"), lr=lr)
-    p_rgra, rgra, s_rgra = run_learn(tiny, rollout, make_args("--preset", "rgra", "--mu", "2"), lr=lr)
+    p_grpo, grpo, s_grpo = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--mu", "2"), lr=lr)
+    p_rgra, rgra, s_rgra = run_learn(tiny, rollout, make_cfg("--preset", "rgra", "--mu", "2"), lr=lr)
     assert len(grpo) == len(rgra) == 2
     assert_same_grads(grpo[0], rgra[0])
     assert max_grad_diff(grpo[1], rgra[1]) > 1e-2
-    assert s_grpo["clipped_sum"] > 0
-    assert s_rgra["clipped_sum"] == 0
+    assert s_grpo["clipped"] > 0
+    assert s_rgra["clipped"] == 0
     assert s_grpo["ratio_max"] > 1 + 0.2 and s_rgra["ratio_max"] > 1 + 0.2  # both see rho move; only one uses it
     assert not torch.allclose(p_grpo.wte.weight, p_rgra.wte.weight)
 
@@ -422,24 +426,21 @@ def test_grpo_and_rgra_differ_from_the_second_update_on_when_a_batch_is_reused(t
 def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradient(tiny, rollout):
     """After one optimizer step on a batch, at the new weights: REINFORCE != ratio without clip != ratio with clip,
     and the ratio gradient is exactly the REINFORCE gradient with every token weighted by rho."""
-    args = make_args("--preset", "grpo")
-    adv, _ = nanorgra.advantages_for(REWARDS, args)
-    policy, _, _ = run_learn(tiny, rollout, make_args("--preset", "rgra"), lr=1.0)
-    ref_logp = rollout.logprobs  # any fixed reference; beta is 0 below
-    kw = dict(eps_low=0.2, eps_high=0.2, beta=0.0, kl_estimator="k3", agg="seq-mean-token-mean",
-              n_seqs=B * G, n_tokens=rollout.mask.sum().item(), agg_constant=12.0)
+    grpo = make_cfg("--preset", "grpo", "--beta", "0", "--agg-constant", "12")
+    adv, _ = nanorgra.advantages_for(REWARDS, grpo)
+    policy, _, _ = run_learn(tiny, rollout, make_cfg("--preset", "rgra"), lr=1.0)
+    n_seqs, n_tokens = B * G, rollout.mask.sum().item()
 
     def grads(ratio, clip, weight=None):
         policy.zero_grad(set_to_none=True)
-        logp, _ = nanorgra.completion_logprobs(policy, rollout.prompt, rollout.prompt_valid, rollout.tokens,
-                                               rollout.mask, 1.0)
+        logp = completion_logprobs(policy, rollout, 1.0)
         if weight is not None:  # the reference: REINFORCE on rho-weighted tokens
-            loss = nanorgra.aggregate(-adv[:, None] * weight * logp, rollout.mask.float(), kw["agg"], kw["n_seqs"],
-                                      kw["n_tokens"], kw["agg_constant"])
+            loss = nanorgra.aggregate(-adv[:, None] * weight * logp, rollout.mask.float(), grpo.agg, n_seqs,
+                                      n_tokens, grpo.agg_constant)
             stats = None
         else:
-            loss, stats = nanorgra.rl_loss(logp, rollout.logprobs, ref_logp, adv, rollout.mask, ratio=ratio,
-                                           clip=clip, **kw)
+            cfg = replace(grpo, ratio=ratio, clip=clip)
+            loss, stats = nanorgra.rl_loss(logp, rollout.logprobs, None, adv, rollout.mask, cfg, n_seqs, n_tokens)
         loss.backward()
         return [p.grad.clone() for p in policy.parameters()], stats, logp.detach()
 
@@ -448,10 +449,36 @@ def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradie
     clipped, stats, _ = grads(True, True)
     rho = torch.exp(logp - rollout.logprobs)
     weighted, _, _ = grads(None, None, weight=rho)
-    assert stats["clipped_sum"] > 0
+    assert stats["clipped"] > 0
     assert max_grad_diff(ratio, reinforce) > 1e-2
     assert max_grad_diff(clipped, ratio) > 1e-2
     assert_same_grads(ratio, weighted)
+
+
+# -----------------------------------------------------------------------------
+# RAFT and SFT need no branch of their own
+
+
+@pytest.mark.parametrize("preset", ["raft", "sft"])
+@pytest.mark.parametrize("agg", AGGS)
+def test_raft_and_sft_presets_give_the_old_cross_entropy_branch_on_the_kept_rows(tiny, rollout, preset, agg):
+    """Before the LossConfig, learn() had a branch for RAFT and SFT: cross-entropy -logp on the kept rows, aggregated
+    over them, no KL. The presets now go through the REINFORCE term with advantage 1 and beta 0; same gradient."""
+    cfg = make_cfg("--preset", preset, "--agg", agg, "--agg-constant", "12")
+    assert cfg.beta == 0 and not cfg.ratio
+    rewards = REWARDS if preset == "raft" else torch.ones(B * G, 1)  # sft: one gold row per problem (here: every row)
+    adv, keep = nanorgra.advantages_for(rewards, cfg)
+    _, grads, _ = run_learn(tiny, rollout, cfg, adv=adv, keep=keep)
+
+    rows = keep.nonzero().flatten()  # the old branch, written out
+    model = copy.deepcopy(tiny)
+    logp = completion_logprobs(model, rollout, 1.0, rows)
+    mask = rollout.mask[rows]
+    old = nanorgra.aggregate(-logp, mask.float(), agg, len(rows), mask.sum().item(), 12.0)
+    old.backward()
+    assert_same_grads(grads[0], [p.grad for p in model.parameters()])
+    if preset == "raft":
+        assert rows.tolist() == [0, 8, 13]  # the first best sample of each of the three groups with a right answer
 
 
 # -----------------------------------------------------------------------------
@@ -460,8 +487,8 @@ def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradie
 
 @pytest.mark.parametrize("agg", AGGS)
 def test_micro_batched_loss_and_gradients_equal_the_full_batch_ones(tiny, rollout, agg):
-    full_model, full, s_full = run_learn(tiny, rollout, make_args("--preset", "grpo", "--agg", agg), lr=1.0)
-    micro_model, micro, s_micro = run_learn(tiny, rollout, make_args("--preset", "grpo", "--agg", agg,
+    full_model, full, s_full = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--agg", agg), lr=1.0)
+    micro_model, micro, s_micro = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--agg", agg,
                                                                      "--micro-batch", "3"), lr=1.0)
     assert len(full) == len(micro) == 1  # 16 rows in micro-batches of 3, 3, 3, 3, 3, 1: still one update
     assert_same_grads(full[0], micro[0])
@@ -477,16 +504,16 @@ def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_lo
     logp = rollout.logprobs + 0.1 * torch.randn(mask.shape, generator=g)
     ref_logp = rollout.logprobs + 0.1 * torch.randn(mask.shape, generator=g)
     adv = torch.randn(B * G, generator=g)
-    kw = dict(ratio=True, clip=True, eps_low=0.2, eps_high=0.2, beta=0.1, kl_estimator="k3", agg=agg,
-              n_seqs=B * G, n_tokens=mask.sum().item(), agg_constant=12.0)
-    full, _ = nanorgra.rl_loss(logp, rollout.logprobs, ref_logp, adv, mask, **kw)
-    parts = [nanorgra.rl_loss(logp[s], rollout.logprobs[s], ref_logp[s], adv[s], mask[s], **kw)[0]
+    cfg = replace(nanorgra.PRESETS["grpo"], beta=0.1, agg=agg, agg_constant=12.0)
+    n_seqs, n_tokens = B * G, mask.sum().item()
+    full, _ = nanorgra.rl_loss(logp, rollout.logprobs, ref_logp, adv, mask, cfg, n_seqs, n_tokens)
+    parts = [nanorgra.rl_loss(logp[s], rollout.logprobs[s], ref_logp[s], adv[s], mask[s], cfg, n_seqs, n_tokens)[0]
              for s in torch.arange(B * G).split(5)]
     torch.testing.assert_close(sum(parts), full)
     if agg == "token-mean":
         # the check can fail: averaging per-micro-batch token means (local counts) is a different, wrong number
-        local = [nanorgra.rl_loss(logp[s], rollout.logprobs[s], ref_logp[s], adv[s], mask[s],
-                                  **{**kw, "n_seqs": len(s), "n_tokens": mask[s].sum().item()})[0] / 4
+        local = [nanorgra.rl_loss(logp[s], rollout.logprobs[s], ref_logp[s], adv[s], mask[s], cfg, len(s),
+                                  mask[s].sum().item())[0] / 4
                  for s in torch.arange(B * G).split(4)]
         assert not torch.allclose(sum(local), full)
 
@@ -499,18 +526,15 @@ def test_at_rho_1_the_grpo_loss_value_is_0_while_its_gradient_is_not(tiny, rollo
     """seq-mean-token-mean and rho = 1: the loss is -1/N sum_i A_i mean_t rho_it = -mean(A) = 0 for mean-centred
     advantages, whatever the model. The gradient is the REINFORCE gradient, which is not 0. The REINFORCE loss
     value -1/N sum_i A_i mean_t log pi_it is not 0 either, and tells as little: only its gradient matters."""
-    args = make_args("--preset", "grpo", "--beta", "0")
-    adv, _ = nanorgra.advantages_for(REWARDS, args)
+    grpo = make_cfg("--preset", "grpo", "--beta", "0")
+    adv, _ = nanorgra.advantages_for(REWARDS, grpo)
     assert adv.abs().sum() > 0
     policy = copy.deepcopy(tiny)
-    logp, _ = nanorgra.completion_logprobs(policy, rollout.prompt, rollout.prompt_valid, rollout.tokens,
-                                           rollout.mask, 1.0)
-    kw = dict(eps_low=0.2, eps_high=0.2, beta=0.0, kl_estimator="k3", agg="seq-mean-token-mean", n_seqs=B * G,
-              n_tokens=rollout.mask.sum().item(), agg_constant=12.0)
-    ratio_loss, _ = nanorgra.rl_loss(logp, logp.detach(), logp.detach(), adv, rollout.mask, ratio=True, clip=True,
-                                     **kw)
-    reinforce_loss, _ = nanorgra.rl_loss(logp, logp.detach(), logp.detach(), adv, rollout.mask, ratio=False,
-                                         clip=False, **kw)
+    logp = completion_logprobs(policy, rollout, 1.0)
+    n_seqs, n_tokens = B * G, rollout.mask.sum().item()
+    ratio_loss, _ = nanorgra.rl_loss(logp, logp.detach(), None, adv, rollout.mask, grpo, n_seqs, n_tokens)
+    reinforce_loss, _ = nanorgra.rl_loss(logp, logp.detach(), None, adv, rollout.mask,
+                                         replace(grpo, ratio=False, clip=False), n_seqs, n_tokens)
     assert abs(ratio_loss.item()) < 1e-6
     assert abs(reinforce_loss.item()) > 1e-3
     (g_ratio,) = torch.autograd.grad(ratio_loss, policy.wte.weight, retain_graph=True)

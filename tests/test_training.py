@@ -7,24 +7,31 @@ verifier a 20-step warm start is always wrong, every advantage is 0, and nothing
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import zlib
 from pathlib import Path
 
+from dataclasses import asdict, fields, replace
+
 import numpy as np
 import pytest
 import torch
 
 import nanorgra
-from data.tasks import train_problems
+import data.tasks as tasks
+from data.tasks import STEP_KINDS, train_problems
+from verifier import STYLE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ("--n-layer 1 --n-head 2 --n-embd 32 --sft-steps 20 --sft-batch 16 --steps 4 --prompts 4 --group 4 "
-        "--eval-n 16 --pass-n 8 --pass-k 2 --max-new-tokens 48 --eval-every 2 --ckpt-every 2 --device cpu").split()
-METRIC_KEYS = {"reward", "batch_acc", "zero_var", "adv_mean", "adv_std", "kl", "entropy", "ratio_mean", "ratio_max",
-               "clip_frac", "resp_len", "grad_norm", "t_sample", "t_score", "t_learn"}
+TINY = ("--n-layer 1 --n-head 2 --n-embd 32 --skill-steps 20 --habit-steps 10 --warm-batch 16 --steps 4 --prompts 4 "
+        "--group 4 --eval-n 16 --pass-n 8 --pass-k 4 --max-new-tokens 48 --eval-every 2 --ckpt-every 2 --device cpu"
+        ).split()
+METRIC_KEYS = {"reward", "batch_acc", "zero_var", "adv_mean", "adv_std", "kept", "kl", "entropy", "ratio_mean",
+               "ratio_max", "clip_frac", "resp_len", "loss", "grad_norm", "updates", "t_sample", "t_score", "t_learn"}
+RUN_FILES = ["ckpt.pt", "config.json", "eval.jsonl", "metrics.jsonl", "run.png", "summary.json"]
 TIMING_KEYS = {"t_sample", "t_score", "t_learn"}
 
 
@@ -39,16 +46,19 @@ def argv(out_dir, base_dir, *extra):
 
 
 def parse(*flags):
-    return nanorgra.resolve_switches(nanorgra.build_parser().parse_args(list(flags)))
+    return nanorgra.parse_args(list(flags))
 
 
 def run(out_dir, base_dir, *extra):
     """train() exactly as main() would call it; returns the summary (None if stopped) and the log lines."""
-    parser = nanorgra.build_parser()
-    args = nanorgra.resolve_switches(parser.parse_args(argv(out_dir, base_dir, *extra)))
-    nanorgra.check_args(args, parser)
     lines = []
-    return nanorgra.train(args, log=lines.append), lines
+    return nanorgra.train(nanorgra.parse_args(argv(out_dir, base_dir, *extra)), log=lines.append), lines
+
+
+def error_line(capsys):
+    """The last line a refused command wrote to stderr: argparse's usage line above it lists every flag, so a
+    message is only known to name its flag if this line does."""
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def read_jsonl(path):
@@ -92,23 +102,57 @@ def test_importing_nanorgra_starts_nothing_prints_nothing_writes_nothing(tmp_pat
     (["--preset", "ppo"], "--preset"),
     (["--group", "1"], "--group"),  # rgra normalises by the group std, which needs two samples
     (["--eps-low", "0"], "--eps-low"),
+    (["--eps-low", "1.5"], "--eps-low"),  # a clip range below 0: 1 - eps_low < 0
+    (["--beta", "nan"], "--beta"),
+    (["--beta", "-0.1"], "--beta"),
+    (["--lr", "inf"], "--lr"),
     (["--lr", "-1"], "--lr"),
+    (["--skill-lr", "nan"], "--skill-lr"),
+    (["--steps", "0"], "--steps"),
+    (["--mu", "0"], "--mu"),
+    (["--max-new-tokens", "5"], "--max-new-tokens"),  # shorter than any careful solution: no sample could be right
+    (["--eval-n", "501"], "--eval-n"),
     (["--clip"], "--clip"),  # rgra has no ratio to clip
     (["--preset", "grpo", "--no-ratio"], "--clip"),
     (["--n-embd", "30", "--n-head", "4"], "--n-embd"),
 ])
-def test_bad_flag_values_stop_at_start_up_naming_the_flag(tmp_path, capsys, flags, name):
+def test_bad_flag_values_stop_at_start_up_with_status_2_and_a_message_naming_the_flag(tmp_path, capsys, flags, name):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         nanorgra.main(argv(out, tmp_path / "bases", *flags))
     assert e.value.code == 2  # argparse's usage error
-    assert name in capsys.readouterr().err
+    assert name in error_line(capsys)
     assert not out.exists() and not (tmp_path / "bases").exists()  # stopped before anything was written
 
 
+def test_presets_are_loss_configs_that_replace_changes_without_argparse():
+    grpo = nanorgra.PRESETS["grpo"]
+    assert isinstance(grpo, nanorgra.LossConfig) and (grpo.ratio, grpo.clip) == (True, True)
+    mu2 = replace(grpo, mu=2)
+    assert mu2.mu == 2 and grpo.mu == 1  # a new config; the preset is frozen
+    assert {f for f in asdict(grpo) if asdict(grpo)[f] != asdict(mu2)[f]} == {"mu"}
+    with pytest.raises(ValueError, match="^beta"):
+        replace(grpo, beta=float("nan"))  # a notebook user is refused too, naming the field
+    with pytest.raises(ValueError, match="^clip"):
+        replace(nanorgra.PRESETS["rgra"], clip=True)
+
+
+def test_every_loss_switch_is_a_flag_whose_help_is_the_comment_beside_its_field():
+    text = nanorgra.build_parser().format_help()
+    for f in fields(nanorgra.LossConfig):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "updates per sampled batch (rgra: 1)" in text  # the comment beside LossConfig.mu, and rgra's value
+
+
+def test_help_shows_only_the_flags_of_a_run():
+    text = nanorgra.build_parser().format_help()
+    for experiment_flag in ("--sweep", "--study", "--quick", "--wc-", "--s-se", "--ft-"):
+        assert experiment_flag not in text
+
+
 def test_grpo_preset_resolves_to_ratio_and_clip():
-    args = parse("--preset", "grpo")
-    assert (args.ratio, args.clip, args.baseline, args.std_norm, args.adv_sign) == (True, True, "mean", True, "both")
+    cfg = parse("--preset", "grpo").loss
+    assert (cfg.ratio, cfg.clip, cfg.baseline, cfg.std_norm, cfg.adv_sign) == (True, True, "mean", True, "both")
 
 
 @pytest.mark.parametrize("preset", list(nanorgra.PRESETS))
@@ -116,74 +160,166 @@ def test_grpo_preset_resolves_to_ratio_and_clip():
                                          ("--baseline=loo", "baseline"), ("--no-std-norm", "std_norm"),
                                          ("--adv-sign=neg", "adv_sign"), ("--objective=raft", "objective")])
 def test_one_switch_on_top_of_a_preset_changes_that_switch_and_nothing_else(preset, flag, switch):
-    base, changed = vars(parse("--preset", preset)), vars(parse("--preset", preset, flag))
+    base, changed = asdict(parse("--preset", preset).loss), asdict(parse("--preset", preset, flag).loss)
     assert {k for k in base if base[k] != changed[k]} <= {switch}
-    assert changed[switch] == vars(parse(flag))[switch]
+    assert changed[switch] == asdict(parse(flag).loss)[switch]
 
 
 def test_grpo_without_clip_differs_from_grpo_only_in_clip():
-    grpo, no_clip = vars(parse("--preset", "grpo")), vars(parse("--preset", "grpo", "--no-clip"))
+    grpo, no_clip = asdict(parse("--preset", "grpo").loss), asdict(parse("--preset", "grpo", "--no-clip").loss)
     assert {k for k in grpo if grpo[k] != no_clip[k]} == {"clip"}
 
 
 def test_defaults_are_the_rgra_preset():
-    defaults = parse()
-    assert defaults.preset == "rgra"
-    for switch, value in nanorgra.PRESETS["rgra"].items():
-        assert getattr(defaults, switch) == value
-    assert nanorgra.SWITCH_DEFAULTS == {**nanorgra.PRESETS["rgra"], "beta": 0.005}
+    defaults = parse().loss
+    assert defaults == replace(nanorgra.PRESETS["rgra"], agg_constant=72.0)
     assert (defaults.ratio, defaults.clip, defaults.beta) == (False, False, 0.005)
-    # a preset that does not name a switch gets rgra's value for it
-    assert parse("--preset", "grpo").beta == defaults.beta
+    assert parse("--max-new-tokens", "60").loss.agg_constant == 60.0  # Dr. GRPO's constant follows the budget
+    assert parse("--max-new-tokens", "60", "--agg-constant", "30").loss.agg_constant == 30.0
 
 
 # -----------------------------------------------------------------------------
 # A run end to end
 
 
-def test_tiny_run_writes_config_metrics_evals_checkpoint_and_summary(tmp_path, base_dir, capsys):
+def test_tiny_run_writes_config_metrics_evals_checkpoint_summary_and_plot(tmp_path, base_dir, capsys):
     out = tmp_path / "run"
     nanorgra.main(argv(out, base_dir))
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "config.json", "eval.jsonl", "metrics.jsonl",
-                                                     "summary.json"]  # and no temporary files left behind
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES  # and no temporary files left behind
     config = json.loads((out / "config.json").read_text())
-    assert config == vars(parse(*argv(out, base_dir)))
+    args = parse(*argv(out, base_dir))
+    assert config["loss"] == asdict(args.loss) and config["steps"] == args.steps and "resume" not in config
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for r in rows:
         assert METRIC_KEYS <= r.keys()
         assert all(isinstance(r[k], (int, float)) for k in METRIC_KEYS)
-    assert [r["step"] for r in read_jsonl(out / "eval.jsonl")] == [-1, 1, 3]  # base, every 2 steps, final
+        assert set(r["styles"]) == set(STYLE_NAMES) and sum(r["styles"].values()) == pytest.approx(1.0)
+    evals = read_jsonl(out / "eval.jsonl")
+    assert [e["step"] for e in evals] == [-1, 1, 3]  # base, every 2 steps, final
     ckpt = torch.load(out / "ckpt.pt")
     assert ckpt["step"] == 3 and {"model", "opt"} <= ckpt.keys()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 4 and {"base", "final", "times"} <= summary.keys()
-    for ev in (summary["base"]["mix3"], summary["final"]["mix3"]):  # every greedy output counted once by kind
-        assert sum(ev["errors"].values()) == config["eval_n"]
-        assert ev["errors"]["right"] == round(ev["acc"] * config["eval_n"])
+    assert summary["steps"] == 4 and summary["base"] == evals[0] and summary["final"] == evals[-1]
+    for ev in (summary["base"], summary["final"]):  # base -> trained: what RL changed
+        assert sum(ev["mix3"]["styles"].values()) == config["eval_n"]  # every greedy output has one style
+        assert set(ev["mix3"]["pass@k"]) == {"1", "2", "4"}  # --pass-k 4: k = 1, 2, 4
+        pass_k = list(ev["mix3"]["pass@k"].values())
+        assert pass_k == sorted(pass_k) and 0 <= pass_k[0] and pass_k[-1] <= 1  # pass@k cannot fall as k grows
+        assert set(ev["mix3"]["steps"]) == set(STEP_KINDS) and "acc" in ev["ood4"] and ev["mix3"]["len"] > 0
+    assert "pass@k" not in evals[1]["mix3"]  # the evaluations during the run are greedy only
     printed = capsys.readouterr().out
-    assert "mix3 acc" in printed and "by first error" in printed  # the printed base-vs-trained table
+    assert "mix3 greedy accuracy" in printed and "by solution style" in printed and "pass@4" in printed
 
 
-def test_warm_start_is_cached_and_reused_by_runs_with_the_same_base_settings(tmp_path, base_dir):
+def test_warm_start_is_cached_per_stage_and_reused_by_runs_with_the_same_base_settings(tmp_path, base_dir):
     _, first = run(tmp_path / "a", base_dir)
     bases = sorted(base_dir.glob("base-*.pt"))
-    assert len(bases) == 1
-    stamp = bases[0].stat().st_mtime_ns
+    assert [p.name.split("-")[1] for p in bases] == ["habits", "skills"]  # one cached checkpoint per stage
+    stamps = [p.stat().st_mtime_ns for p in bases]
     _, second = run(tmp_path / "b", base_dir, "--seed", "1", "--preset", "grpo")  # RL settings do not matter
-    assert any(line.startswith("warm start: loaded") for line in second)
-    assert sorted(base_dir.glob("base-*.pt")) == bases and bases[0].stat().st_mtime_ns == stamp
-    _, third = run(tmp_path / "c", base_dir, "--base-seed", "1")  # a base setting does
-    assert any(line.startswith("warm start: trained") for line in third)
-    assert len(list(base_dir.glob("base-*.pt"))) == 2
+    assert sum(line.startswith("warm start: loaded") for line in second) == 2
+    assert sorted(base_dir.glob("base-*.pt")) == bases and [p.stat().st_mtime_ns for p in bases] == stamps
+    _, third = run(tmp_path / "c", base_dir, "--habit-steps", "11")  # a setting of the second stage only
+    assert any(line.startswith("warm start: loaded") and "skills" in line for line in third)
+    assert any(line.startswith("warm start: trained habits") for line in third)
+    _, fourth = run(tmp_path / "d", base_dir, "--base-seed", "1")  # a setting of the first stage: both again
+    assert sum(line.startswith("warm start: trained") for line in fourth) == 2
+    assert len(list(base_dir.glob("base-*.pt"))) == 5
+
+
+def test_a_base_cached_before_the_atoms_were_reweighted_is_not_reused(tmp_path, base_dir, monkeypatch):
+    run(tmp_path / "a", base_dir, "--steps", "1")
+    monkeypatch.setattr(nanorgra, "STEP_KINDS", {**nanorgra.STEP_KINDS, "1-digit +": 5})  # as if data/tasks.py changed
+    _, lines = run(tmp_path / "b", base_dir, "--steps", "1")
+    assert sum(line.startswith("warm start: trained") for line in lines) == 2
 
 
 def test_cached_base_evaluation_is_not_reused_for_a_different_evaluation_level(tmp_path, base_dir, monkeypatch):
     run(tmp_path / "a", base_dir, "--steps", "1")  # evaluates the base on mix3 and ood4, and caches it
-    monkeypatch.setattr(nanorgra, "RL_LEVEL", "mix2")  # as if the RL level (or its test set) had been changed
+    monkeypatch.setattr(nanorgra, "RL_LEVEL", "mix2")  # as if the RL level had been changed
     run(tmp_path / "b", base_dir, "--steps", "1")
     base_row = read_jsonl(tmp_path / "b" / "eval.jsonl")[0]
     assert base_row["step"] == -1 and "mix2" in base_row
+
+
+def test_step_accuracy_poses_each_atom_alone_and_scores_the_number_written_per_kind(monkeypatch):
+    seen = []
+
+    def oracle(model, tok, prompts, k, temperature, max_new_tokens, device):  # right, except for every product
+        seen.extend(prompts)
+        return ["A:" + (str(tasks.evaluate(p[2:-1])) if "*" not in p else "-1") for p in prompts], None
+
+    monkeypatch.setattr(nanorgra, "sample_texts", oracle)
+    acc = nanorgra.step_accuracy(None, None, "mix3", 72, "cpu")
+    assert acc == {k: (0.0 if "*" in k else 1.0) for k in STEP_KINDS}
+    atoms = tasks.atom_check_steps("mix3")
+    assert seen == [f"Q:{expr}\n" for facts in atoms.values() for expr in facts]
+
+
+def test_the_atom_check_set_holds_distinct_true_steps_of_every_kind_from_rl_level_solutions():
+    atoms = tasks.atom_check_steps("mix3")
+    assert set(atoms) == set(STEP_KINDS)
+    assert {kind: len(facts) for kind, facts in atoms.items()} == {
+        "1-digit +": 100, "1-digit -": 55, "1-digit *": 100, "multi-digit +": 200, "multi-digit -": 200,
+        "two multi-digit +": 200, "two multi-digit -": 200}  # every one-digit + and -, * fact; 200 of the others
+    for kind, facts in atoms.items():
+        for expr, z in facts.items():
+            assert tasks.expression_kind(expr) == kind and tasks.evaluate(expr) == z and z >= 0
+    assert tasks.atom_check_steps("mix3") == atoms  # seeded: the same set every time
+
+
+# -----------------------------------------------------------------------------
+# Nothing a user ran is lost
+
+
+def snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+def test_a_second_run_into_a_used_directory_is_refused_and_the_first_runs_files_are_unchanged(tmp_path, base_dir):
+    run(tmp_path / "run", base_dir, "--steps", "2")
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "run", base_dir, "--steps", "2")
+    assert "--resume" in str(e.value.code) and "--overwrite" in str(e.value.code)
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_overwrite_replaces_a_used_directory_with_a_new_run(tmp_path, base_dir):
+    run(tmp_path / "run", base_dir, "--steps", "2")
+    run(tmp_path / "run", base_dir, "--steps", "3", "--overwrite")
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0, 1, 2]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
+
+
+def test_resume_without_a_checkpoint_is_refused_before_any_warm_start(tmp_path):
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        run(tmp_path / "run", tmp_path / "bases", "--resume")
+    assert not (tmp_path / "bases").exists()  # no warm start was trained first
+
+
+def test_a_truncated_checkpoint_gives_one_line_naming_the_file(tmp_path, base_dir):
+    run(tmp_path / "run", base_dir, "--steps", "2")
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "run", base_dir, "--steps", "2", "--resume")
+    message = str(e.value.code)
+    assert str(ckpt) in message and "damaged" in message and "\n" not in message
+
+
+def test_a_truncated_base_cache_gives_one_line_naming_the_file_and_what_to_do(tmp_path, base_dir):
+    bases = tmp_path / "bases"
+    shutil.copytree(base_dir, bases)
+    summary, _ = run(tmp_path / "a", bases, "--steps", "1")  # makes sure this base is in the cache
+    habits = Path(summary["base_path"])  # the last stage's checkpoint: the base itself
+    assert habits.parent == bases and habits.name.startswith("base-habits-")
+    habits.write_bytes(habits.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "b", bases, "--steps", "1")
+    message = str(e.value.code)
+    assert str(habits) in message and "delete it" in message and "\n" not in message
 
 
 # -----------------------------------------------------------------------------
@@ -195,7 +331,7 @@ def test_stand_in_reward_makes_every_step_update_the_weights(tmp_path, stand_in_
     run(tmp_path / "run", stand_in_bases)
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all(r["grad_norm"] > 0 and r["zero_var"] < 1 for r in rows)
-    base = torch.load(next(stand_in_bases.glob("base-*.pt")))["model"]
+    base = torch.load(next(stand_in_bases.glob("base-habits-*.pt")))["model"]
     final = torch.load(tmp_path / "run" / "ckpt.pt")["model"]
     assert not torch.equal(base["wte.weight"], final["wte.weight"])
 
@@ -306,7 +442,7 @@ def test_rl_raises_the_reward_on_a_small_fixed_set_of_easy_problems(tmp_path, mo
     fresh problems each step, the difference between steps is mostly which problems were drawn)."""
     easy = train_problems("mix2", 16, np.random.default_rng(1))
     monkeypatch.setattr(nanorgra, "train_problems", lambda level, n, rng: [easy[i % len(easy)] for i in range(n)])
-    flags = ("--n-layer 1 --n-head 4 --n-embd 64 --sft-steps 600 --sft-batch 32 --sft-lr 3e-3 --steps 30 "
+    flags = ("--n-layer 1 --n-head 4 --n-embd 64 --skill-steps 600 --habit-steps 0 --warm-batch 32 --steps 30 "
              "--prompts 16 --group 8 --lr 1e-3 --max-new-tokens 48 --eval-n 16 --pass-n 8 --pass-k 2 "
              "--eval-every 100 --ckpt-every 100 --device cpu").split()
     args = parse(*flags, "--out-dir", str(tmp_path / "run"), "--base-dir", str(tmp_path / "bases"))

@@ -76,4 +76,4 @@ def test_sweep_section_reads_the_results_files_and_says_how_to_make_them():
     """Section 9 plots numbers read from the sweep's results file, never numbers of its own."""
     source = "".join(c.source for c in code_cells(nbformat.read(NOTEBOOK, as_version=4)))
     assert "runs/sweep/results.json" in source and "data/results/sweep.json" in source
-    assert "python nanorgra.py --sweep --quick" in source
+    assert "python experiments/sweep.py --quick" in source

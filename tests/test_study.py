@@ -1,5 +1,5 @@
-"""The compute-matched sampling study (--study): FLOPs accounting, the data-quality metrics, the problem set that no
-model trained on, fine-tuning, and the whole command on tiny models.
+"""experiments/study.py, the compute-matched sampling study: FLOPs accounting, the data-quality metrics, the problem
+set that no model trained on, fine-tuning, and the whole command (its --quick form) on tiny models.
 
 The hand-made sample sets use one problem, 2*3+4-1 = 9, which has two sound worked solutions: the canonical one
 (2*3, then 6+4, then 10-1) and one that computes 4-1 before the addition, which precedence also allows."""
@@ -14,14 +14,15 @@ import torch
 
 import data.tasks as tasks
 import nanorgra
-from data.tasks import Problem, evaluate, sft_completion
+from data.tasks import Problem, evaluate, worked_solution
 from data.tokenizer import get_tokenizer
+from experiments import study
 from model import GPT, GPTConfig
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--wc-n-layer", "1", "--wc-n-head", "2", "--wc-n-embd",
-        "16", "--sft-steps", "3", "--sft-batch", "8", "--study-problems", "4", "--s-se", "2", "--ft-steps", "2",
-        "--ft-batch", "4", "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens", "8",
-        "--study-seeds", "2", "--device", "cpu"]
+        "16", "--skill-steps", "3", "--habit-steps", "2", "--warm-batch", "8", "--problems", "4", "--s-se", "2",
+        "--ft-steps", "2", "--ft-batch", "4", "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens",
+        "24", "--seeds", "2", "--device", "cpu"]
 
 
 def problem(expr):
@@ -39,7 +40,11 @@ SAMPLES = [[WRONG_ANSWER, CANONICAL, CANONICAL, OTHER_ORDER, WRONG_STEP],  # P1:
 
 
 def study_argv(tmp_path, *extra):
-    return [*TINY, "--study", "--study-dir", str(tmp_path / "study"), "--base-dir", str(tmp_path / "bases"), *extra]
+    return ["--quick", *TINY, "--study-dir", str(tmp_path / "study"), "--base-dir", str(tmp_path / "bases"), *extra]
+
+
+def run_args(*flags):
+    return nanorgra.parse_args(list(flags))
 
 
 # -----------------------------------------------------------------------------
@@ -47,29 +52,28 @@ def study_argv(tmp_path, *extra):
 
 
 def test_s_wc_is_the_parameter_ratio_times_s_se():
-    assert nanorgra.compute_matched_samples(p_se=3000, p_wc=1000, s_se=4) == 12
-    assert nanorgra.compute_matched_samples(p_se=1000, p_wc=1000, s_se=4) == 4
+    assert study.compute_matched_samples(p_se=3000, p_wc=1000, s_se=4) == 12
+    assert study.compute_matched_samples(p_se=1000, p_wc=1000, s_se=4) == 4
 
 
 def test_s_wc_of_a_non_integer_ratio_is_rounded_down_never_over_the_se_budget():
-    assert nanorgra.compute_matched_samples(p_se=3400, p_wc=1000, s_se=4) == 13  # 13.6
-    assert nanorgra.compute_matched_samples(p_se=2999, p_wc=1000, s_se=1) == 2  # 2.999: no float rounding up to 3
+    assert study.compute_matched_samples(p_se=3400, p_wc=1000, s_se=4) == 13  # 13.6
+    assert study.compute_matched_samples(p_se=2999, p_wc=1000, s_se=1) == 2  # 2.999: no float rounding up to 3
     p_se, p_wc, s_se = 807_936, 236_640, 4  # the default SE and WC sizes
-    s_wc = nanorgra.compute_matched_samples(p_se, p_wc, s_se)
+    s_wc = study.compute_matched_samples(p_se, p_wc, s_se)
     assert p_wc * s_wc <= p_se * s_se < p_wc * (s_wc + 1)
 
 
 def test_sampling_flops_are_two_times_params_times_generated_tokens():
-    assert nanorgra.sampling_flops(1000, 50) == 100_000
-    assert nanorgra.planned_flops(1000, n_problems=10, samples=4, tokens_per_sample=25) == 2 * 1000 * 10 * 4 * 25
+    assert study.sampling_flops(1000, 50) == 100_000
 
 
 def test_compute_matched_budgets_plan_equal_flops_and_number_matched_ones_do_not():
     p_se, p_wc, s_se = 3 * 236_640, 236_640, 4
-    s_wc = nanorgra.compute_matched_samples(p_se, p_wc, s_se)
-    se = nanorgra.planned_flops(p_se, 500, s_se, 27.5)
-    assert nanorgra.planned_flops(p_wc, 500, s_wc, 27.5) == pytest.approx(se)
-    assert nanorgra.planned_flops(p_wc, 500, s_se, 27.5) == pytest.approx(se / 3)
+    s_wc = study.compute_matched_samples(p_se, p_wc, s_se)
+    planned = lambda params, samples: study.sampling_flops(params, 500 * samples * 27.5)
+    assert planned(p_wc, s_wc) == pytest.approx(planned(p_se, s_se))
+    assert planned(p_wc, s_se) == pytest.approx(planned(p_se, s_se) / 3)
 
 
 # -----------------------------------------------------------------------------
@@ -79,35 +83,35 @@ def test_compute_matched_budgets_plan_equal_flops_and_number_matched_ones_do_not
 def test_hand_made_solutions_are_what_their_names_say():
     from verifier import is_false_positive
     assert [is_false_positive(t, P1) for t in (CANONICAL, OTHER_ORDER, WRONG_STEP)] == [False, False, True]
-    assert not nanorgra.is_correct(WRONG_ANSWER, P1) and nanorgra.is_correct(WRONG_STEP, P1)
+    assert not study.is_correct(WRONG_ANSWER, P1) and study.is_correct(WRONG_STEP, P1)
 
 
 def test_coverage_at_k_counts_problems_with_a_right_answer_among_the_first_k():
-    assert nanorgra.coverage_at_k(PROBLEMS, SAMPLES, 1) == 0.0  # P1's first sample is wrong
-    assert nanorgra.coverage_at_k(PROBLEMS, SAMPLES, 2) == 0.5
-    assert nanorgra.coverage_at_k(PROBLEMS, SAMPLES, 5) == 0.5  # P2 is never solved
+    assert study.coverage_at_k(PROBLEMS, SAMPLES, 1) == 0.0  # P1's first sample is wrong
+    assert study.coverage_at_k(PROBLEMS, SAMPLES, 2) == 0.5
+    assert study.coverage_at_k(PROBLEMS, SAMPLES, 5) == 0.5  # P2 is never solved
 
 
 def test_diversity_at_k_counts_a_duplicate_correct_solution_once():
-    assert nanorgra.diversity_at_k(PROBLEMS, SAMPLES, 3) == 0.5  # P1: CANONICAL twice = 1 distinct; P2: 0
-    assert nanorgra.diversity_at_k(PROBLEMS, SAMPLES, 4) == 1.0  # + OTHER_ORDER
-    assert nanorgra.diversity_at_k(PROBLEMS, SAMPLES, 5) == 1.5  # + WRONG_STEP: right answer, a distinct text
+    assert study.diversity_at_k(PROBLEMS, SAMPLES, 3) == 0.5  # P1: CANONICAL twice = 1 distinct; P2: 0
+    assert study.diversity_at_k(PROBLEMS, SAMPLES, 4) == 1.0  # + OTHER_ORDER
+    assert study.diversity_at_k(PROBLEMS, SAMPLES, 5) == 1.5  # + WRONG_STEP: right answer, a distinct text
 
 
 def test_filter_keeps_answer_correct_solutions_with_duplicates_and_false_positives():
-    kept = nanorgra.keep_answer_correct(PROBLEMS, SAMPLES)
+    kept = study.keep_answer_correct(PROBLEMS, SAMPLES)
     assert kept == [(P1, CANONICAL), (P1, CANONICAL), (P1, OTHER_ORDER), (P1, WRONG_STEP)]
 
 
 def test_false_positive_rate_is_the_share_of_kept_solutions_with_a_wrong_step():
-    assert nanorgra.false_positive_rate(PROBLEMS, SAMPLES) == 0.25
-    assert nanorgra.false_positive_rate(PROBLEMS, [[CANONICAL, OTHER_ORDER], []]) == 0.0
-    assert math.isnan(nanorgra.false_positive_rate([P2], [["A:3"]]))  # nothing kept: no rate
+    assert study.false_positive_rate(PROBLEMS, SAMPLES) == 0.25
+    assert study.false_positive_rate(PROBLEMS, [[CANONICAL, OTHER_ORDER], []]) == 0.0
+    assert math.isnan(study.false_positive_rate([P2], [["A:3"]]))  # nothing kept: no rate
 
 
 def test_data_quality_reads_the_first_k_samples_and_their_tokens():
     tokens = [[10, 20, 30, 40, 50], [1, 2, 3, 4, 5]]
-    q = nanorgra.data_quality(PROBLEMS, SAMPLES, tokens, n_params=100, k=2, planned_tokens=5)
+    q = study.data_quality(PROBLEMS, dict(texts=SAMPLES, tokens=tokens), n_params=100, k=2, planned_tokens=5)
     assert (q["samples"], q["kept"], q["coverage"], q["diversity"], q["fpr"]) == (4, 1, 0.5, 0.5, 0.0)
     assert (q["tokens"], q["flops"], q["planned_flops"]) == (33, 2 * 100 * 33, 2 * 100 * 2 * 2 * 5)
 
@@ -116,9 +120,10 @@ def test_data_quality_reads_the_first_k_samples_and_their_tokens():
 # The problems: fresh, never trained on
 
 
-def test_warm_start_exprs_are_exactly_what_the_warm_start_trained_on(tmp_path, monkeypatch):
-    args = nanorgra.resolve_switches(nanorgra.build_parser().parse_args(
-        TINY + ["--base-dir", str(tmp_path), "--sft-steps", "4", "--sft-batch", "16", "--base-seed", "3"]))
+def test_warm_start_exprs_are_exactly_what_both_warm_start_stages_trained_on(tmp_path, monkeypatch):
+    args = run_args(*TINY[:6], "--skill-steps", "4", "--habit-steps", "3", "--warm-batch", "16", "--base-seed", "3",
+                    "--base-dir", str(tmp_path))
+    args.student_base_seed = 3  # one warm start here, so both seeds are the same one
     trained = set()
     real_pack = nanorgra.pack_examples
     def recording_pack(tok, problems, *rest):
@@ -127,36 +132,37 @@ def test_warm_start_exprs_are_exactly_what_the_warm_start_trained_on(tmp_path, m
     monkeypatch.setattr(nanorgra, "pack_examples", recording_pack)
     nanorgra.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)
     assert len(trained) > 16
-    assert nanorgra.warm_start_exprs(3, 4, 16) == trained
+    assert study.warm_start_exprs(args) == trained
 
 
 def test_study_problems_avoid_every_test_set_and_every_warm_start_draw(monkeypatch):
-    args = nanorgra.resolve_switches(nanorgra.build_parser().parse_args(
-        TINY + ["--sft-steps", "50", "--sft-batch", "64", "--study-problems", "300", "--student-base-seed", "7"]))
+    args = run_args("--skill-steps", "50", "--habit-steps", "20", "--warm-batch", "64")
+    args.student_base_seed = 7
+    settings = study.parse(["--problems", "300"])[0]
     excluded = []
-    real_sample = nanorgra.sample_problems
-    monkeypatch.setattr(nanorgra, "sample_problems",
+    real_sample = study.sample_problems
+    monkeypatch.setattr(study, "sample_problems",
                         lambda *a, exclude, **k: excluded.append(exclude) or real_sample(*a, exclude=exclude, **k))
-    problems = nanorgra.study_problems(args)
-    never = tasks.test_exprs() | nanorgra.warm_start_exprs(0, 50, 64) | nanorgra.warm_start_exprs(7, 50, 64)
+    problems = study.study_problems(args, settings)
+    never = tasks.test_exprs() | study.warm_start_exprs(args)
     assert never <= excluded[0]  # the draw was told to skip them all ...
     exprs = {p.expr for p in problems}
     assert len(exprs) == 300 and not exprs & never  # ... and none came back; all distinct, all RL level
     assert {p.level for p in problems} == {tasks.RL_LEVEL}
-    assert nanorgra.study_problems(args) == problems  # the same seed, the same problems
+    assert study.study_problems(args, settings) == problems  # the same seed, the same problems
 
 
-def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking():
+def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking(monkeypatch):
     tok = get_tokenizer()
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32))
     problems = tasks.sample_problems("mix3", 5, np.random.default_rng(0))
-    args = nanorgra.resolve_switches(nanorgra.build_parser().parse_args(["--max-new-tokens", "12"]))
-    draw = lambda seed, chunk: nanorgra.sample_solutions(model, tok, problems, 3, args, torch.Generator().manual_seed(
-        seed), torch.device("cpu"), chunk=chunk)
-    a = draw(0, chunk=64)
+    draw = lambda seed: study.sample_solutions(model, tok, problems, 3, 12, torch.device("cpu"), seed)
+    a = draw(0)
     assert [len(t) for t in a["texts"]] == [3] * 5 and all(1 <= n <= 12 for t in a["tokens"] for n in t)
-    assert draw(0, chunk=2) == a
-    assert draw(1, chunk=64) != a
+    real = nanorgra.sample_texts
+    monkeypatch.setattr(nanorgra, "sample_texts", lambda *args, **kw: real(*args, **kw, chunk=6))  # 2 problems a call
+    assert draw(0) == a
+    assert draw(1) != a
 
 
 # -----------------------------------------------------------------------------
@@ -164,24 +170,23 @@ def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking():
 
 
 def test_finetune_order_passes_over_every_example_in_a_seeded_order():
-    order = nanorgra.finetune_order(n_examples=10, steps=5, batch=4, seed=0)
+    order = study.finetune_order(n_examples=10, steps=5, batch=4, seed=0)
     assert order.shape == (5, 4)
     assert sorted(order.flatten()[:10]) == list(range(10))  # the first pass holds every example once
-    assert (order == nanorgra.finetune_order(10, 5, 4, seed=0)).all()
-    assert not (order == nanorgra.finetune_order(10, 5, 4, seed=1)).all()
+    assert (order == study.finetune_order(10, 5, 4, seed=0)).all()
+    assert not (order == study.finetune_order(10, 5, 4, seed=1)).all()
 
 
 def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
     tok = get_tokenizer()
     base = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32))
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    kept = [(p, sft_completion(p)) for p in tasks.sample_problems("mix3", 8, np.random.default_rng(0))]
-    args = nanorgra.resolve_switches(nanorgra.build_parser().parse_args(["--ft-steps", "20", "--ft-batch", "8",
-                                                                         "--ft-lr", "1e-2"]))
-    tuned, losses = nanorgra.finetune(base, tok, kept, args, seed=0, device=torch.device("cpu"))
+    kept = [(p, worked_solution(p.expr)) for p in tasks.sample_problems("mix3", 8, np.random.default_rng(0))]
+    settings = study.parse(["--ft-steps", "20", "--ft-batch", "8", "--ft-lr", "1e-2"])[0]
+    tuned, losses = study.finetune(base, tok, kept, settings, seed=0, device=torch.device("cpu"))
     assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
-    untouched, none = nanorgra.finetune(base, tok, [], args, seed=0, device=torch.device("cpu"))
+    untouched, none = study.finetune(base, tok, [], settings, seed=0, device=torch.device("cpu"))
     assert none == [] and all(torch.equal(before[k], v) for k, v in untouched.state_dict().items())
 
 
@@ -189,23 +194,26 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
 # The command
 
 
-def test_tiny_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path, monkeypatch, capsys):
+def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path, monkeypatch):
     # a stand-in verifier that passes some samples of an untrained model, so that the fine-tunes have data
-    monkeypatch.setattr(nanorgra, "outcome_reward", lambda text, p, *a, **k: float(zlib.crc32(text.encode()) % 3 == 0))
-    nanorgra.main(study_argv(tmp_path))
+    monkeypatch.setattr(study, "outcome_reward", lambda text, p, *a, **k: float(zlib.crc32(text.encode()) % 3 == 0))
+    study.main(study_argv(tmp_path))
     out = tmp_path / "study"
     results = json.loads((out / "results.json").read_text())
-    assert {"command", "seconds", "params", "ratio", "ratio_at_least_3", "s_se", "s_wc", "n_problems", "data",
-            "coverage_curves", "bases", "rows"} <= set(results)
-    assert results["command"].startswith("python nanorgra.py ") and "--study" in results["command"]
+    assert {"command", "seconds", "params", "ratio", "s_se", "s_wc", "n_problems", "data", "curves", "bases",
+            "rows"} <= set(results)
+    assert results["command"].startswith("python experiments/study.py --quick")
     params = results["params"]
     assert params["wc"] == params["student"] < params["se"]
-    assert results["s_wc"] == nanorgra.compute_matched_samples(params["se"], params["wc"], 2)
+    assert results["s_wc"] == study.compute_matched_samples(params["se"], params["wc"], 2)
     assert set(results["data"]) == {"se", "wc_compute", "wc_number"}
     assert (results["data"]["wc_compute"]["k"], results["data"]["wc_number"]["k"]) == (results["s_wc"], 2)
-    assert [len(results["coverage_curves"][m]) for m in ("se", "wc")] == [2, results["s_wc"]]
+    curves = results["curves"]
+    assert [len(curves[m]["coverage"]) for m in ("se", "wc")] == [2, results["s_wc"]]
+    assert curves["se"]["flops"][-1] == results["data"]["se"]["flops"]  # the plot's x: FLOPs spent, not samples
+    assert all(a < b for m in ("se", "wc") for a, b in zip(curves[m]["flops"], curves[m]["flops"][1:]))
     rows = {(r["setup"], r["source"]): r for r in results["rows"]}
-    assert set(rows) == {(s, d) for s in nanorgra.STUDY_SETUPS for d in ("se", "wc_compute", "wc_number")}
+    assert set(rows) == {(s, d) for s in study.SETUPS for d in ("se", "wc_compute", "wc_number")}
     assert all(len(r["acc"]) == 2 and len(r["ood_acc"]) == 2 for r in rows.values())  # mean, 95% half-width
     runs = [json.loads(p.read_text()) for p in (out / "finetune").glob("*.json")]
     assert len(runs) == 3 * 3 * 2 and any(r["kept"] > 0 and r["final_loss"] is not None for r in runs)
@@ -213,47 +221,39 @@ def test_tiny_study_writes_results_and_a_rerun_resumes_without_redoing_anything(
     assert "coverage@S" in table and "weak_to_strong" in table and (out / "study.png").exists()
 
     calls = []
-    monkeypatch.setattr(nanorgra, "finetune", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr(nanorgra, "sample_solutions", lambda *a, **k: calls.append(a))
-    nanorgra.main(study_argv(tmp_path))
+    monkeypatch.setattr(study, "finetune", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(study, "sample_solutions", lambda *a, **k: calls.append(a))
+    study.main(study_argv(tmp_path))
     assert calls == []  # samples and every fine-tune were read back from the study directory
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
 
 
 def test_study_directory_refuses_a_rerun_with_other_settings(tmp_path):
-    nanorgra.main(study_argv(tmp_path))
+    study.main(study_argv(tmp_path))
     with pytest.raises(SystemExit) as e:
-        nanorgra.main(study_argv(tmp_path, "--ft-lr", "0.5"))
-    assert "ft_lr" in str(e.value) and "--study-dir" in str(e.value)
+        study.main(study_argv(tmp_path, "--ft-lr", "0.5"))
+    assert "other settings" in str(e.value) and "--study-dir" in str(e.value)
 
 
-def test_quick_study_takes_the_quick_settings_unless_a_flag_overrides_them(monkeypatch):
-    seen = []
-    monkeypatch.setattr(nanorgra, "study", lambda args, argv, log=print: seen.append(args))
-    nanorgra.main(["--study", "--quick", "--ft-steps", "5"])
-    args = seen[0]
-    assert (args.study_dir, args.study_problems, args.eval_n, args.ft_steps) == ("runs/study-quick", 500, 200, 5)
+def test_quick_study_takes_the_quick_settings_unless_a_flag_overrides_them():
+    settings, args = study.parse(["--quick", "--ft-steps", "5"])
+    assert (str(settings.study_dir), settings.problems, args.eval_n, settings.ft_steps) == ("runs/study-quick", 500,
+                                                                                           200, 5)
 
 
 @pytest.mark.parametrize("flags,name", [
     (["--s-se", "0"], "--s-se"),
-    (["--study-problems", "0"], "--study-problems"),
+    (["--problems", "0"], "--problems"),
     (["--ft-lr", "0"], "--ft-lr"),
-    (["--study-seeds", "0"], "--study-seeds"),
+    (["--seeds", "0"], "--seeds"),
     (["--wc-n-embd", "30", "--wc-n-head", "4"], "--wc-n-embd"),
     (["--wc-n-layer", "2", "--wc-n-embd", "64"], "--wc-n-layer"),  # WC bigger than the tiny SE: not the cheap one
     (["--student-base-seed", "0"], "--student-base-seed"),  # the student would be the WC model itself
-    (["--sweep"], "--sweep"),
+    (["--lr", "inf"], "--lr"),  # nanorgra's own flags are checked too
 ])
 def test_bad_study_flags_stop_at_start_up_naming_the_flag(tmp_path, capsys, flags, name):
     with pytest.raises(SystemExit) as e:
-        nanorgra.main(study_argv(tmp_path, *flags))
+        study.main(study_argv(tmp_path, *flags))
     assert e.value.code == 2  # argparse's usage error
-    assert name in capsys.readouterr().err
+    assert name in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "study").exists() and not (tmp_path / "bases").exists()
-
-
-def test_study_flags_are_not_checked_when_the_study_does_not_run():
-    parser = nanorgra.build_parser()
-    args = nanorgra.resolve_switches(parser.parse_args(["--base-seed", "1", "--wc-n-embd", "30"]))
-    nanorgra.check_args(args, parser)  # an RL run with the student's seed and an unused odd WC width is fine

@@ -1,91 +1,117 @@
-"""The sweep's bookkeeping: interval arithmetic, the collapse rule, and resuming a sweep without redoing runs."""
+"""experiments/sweep.py: interval arithmetic, the collapse rule, the variants, and the whole command (its --quick form)
+on a tiny model, including resuming a sweep without redoing its runs."""
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 
 import nanorgra
+from experiments import sweep
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--sft-steps", "3", "--sft-batch", "8", "--steps", "3",
-        "--prompts", "2", "--group", "2", "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens", "8",
-        "--eval-every", "100", "--ckpt-every", "1", "--device", "cpu"]
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3", "--habit-steps", "2",
+        "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2", "--eval-n", "4", "--pass-n", "2",
+        "--pass-k", "2", "--max-new-tokens", "24", "--eval-every", "2", "--ckpt-every", "1", "--device", "cpu"]
+
+
+def sweep_argv(tmp_path, *extra):
+    return ["--quick", *TINY, "--base-dir", str(tmp_path / "bases"), "--sweep-dir", str(tmp_path / "sweep"), *extra]
 
 
 def test_ci95_of_known_numbers_uses_student_t():
-    mean, half = nanorgra.mean_ci95([1.0, 2.0, 3.0])
+    mean, half = sweep.mean_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)  # sample std of 1,2,3 is 1
-    mean, half = nanorgra.mean_ci95([0.5, 0.5, 0.5, 0.5])
-    assert (mean, half) == (0.5, 0.0)
+    assert sweep.mean_ci95([0.5, 0.5, 0.5, 0.5]) == (0.5, 0.0)
 
 
 def test_ci95_of_one_seed_has_no_interval():
-    mean, half = nanorgra.mean_ci95([0.7])
+    mean, half = sweep.mean_ci95([0.7])
     assert mean == 0.7 and math.isnan(half)
 
 
 def test_collapse_rule_flags_falling_reward_and_shrinking_length():
     flat_len = [30.0] * 20
-    assert nanorgra.collapsed([0.4] * 10 + [0.05] * 10, flat_len)  # reward fell below half its start
-    assert nanorgra.collapsed([0.4] * 20, [30.0] * 10 + [10.0] * 10)  # length fell below half its start
-    assert nanorgra.collapsed([0.0] * 20, [30.0] * 10 + [2.0] * 10)  # degenerate, very short outputs
+    assert sweep.collapsed([0.4] * 10 + [0.05] * 10, flat_len)  # reward fell below half its start
+    assert sweep.collapsed([0.4] * 20, [30.0] * 10 + [10.0] * 10)  # length fell below half its start
+    assert sweep.collapsed([0.0] * 20, [30.0] * 10 + [2.0] * 10)  # degenerate, very short outputs
 
 
 def test_collapse_rule_spares_healthy_and_noisy_runs():
-    assert not nanorgra.collapsed([0.3, 0.4, 0.35, 0.5, 0.45] * 4, [30.0] * 20)  # rising, noisy reward
-    assert not nanorgra.collapsed([0.0] * 20, [30.0] * 20)  # never learned, but did not collapse
-    assert not nanorgra.collapsed([0.4, 0.0], [30.0, 1.0])  # too short to judge
+    assert not sweep.collapsed([0.3, 0.4, 0.35, 0.5, 0.45] * 4, [30.0] * 20)  # rising, noisy reward
+    assert not sweep.collapsed([0.0] * 20, [30.0] * 20)  # never learned, but did not collapse
+    assert not sweep.collapsed([0.4, 0.0], [30.0, 1.0])  # too short to judge
 
 
-def test_run_argv_drops_the_sweeps_own_flags():
-    argv = ["--sweep", "--quick", "--sweep-seeds", "2", "--steps", "5", "--sweep-dir=x", "--lr", "1e-4"]
-    assert nanorgra.run_argv(argv) == ["--steps", "5", "--lr", "1e-4"]
+@pytest.mark.parametrize("variant,changed", [
+    ("rgra", {}), ("grpo", {"ratio": True, "clip": True}), ("grpo_pos", {"ratio": True, "clip": True, "adv_sign": "pos"}),
+    ("grpo_neg", {"ratio": True, "clip": True, "adv_sign": "neg"}), ("rgra_nokl", {"beta": 0.0}),
+    ("rgra_nostd", {"std_norm": False}), ("grpo_mu4", {"ratio": True, "clip": True, "mu": 4}),
+    ("grpo_mu4_noclip", {"ratio": True, "mu": 4}), ("rgra_lr", {}), ("rgra_lr_nokl", {"beta": 0.0}),
+])
+def test_each_variant_changes_the_rgra_run_where_its_name_says(variant, changed):
+    rgra, args = asdict(nanorgra.parse_args([]).loss), nanorgra.parse_args(sweep.VARIANTS[variant])
+    got = {k: v for k, v in asdict(args.loss).items() if v != rgra[k]}
+    assert got == changed
+    assert (args.lr > nanorgra.parse_args([]).lr) == variant.startswith("rgra_lr")
 
 
-def test_sweep_runs_give_each_variant_its_flags_and_own_directory(tmp_path):
-    runs = nanorgra.sweep_runs(["--steps", "5"], ["grpo", "rgra_nokl"], [0, 1], tmp_path)
-    assert len(runs) == 4
-    variant, seed, argv = runs[1]
-    args = nanorgra.resolve_switches(nanorgra.build_parser().parse_args(argv))
-    assert (variant, seed, args.seed, args.steps, args.ratio, args.clip) == ("grpo", 1, 1, 5, True, True)
-    assert args.out_dir == str(tmp_path / "grpo-seed1")
-    args = nanorgra.resolve_switches(nanorgra.build_parser().parse_args(runs[2][2]))
-    assert (args.preset, args.beta, args.ratio) == ("rgra", 0.0, False)
+def test_run_argv_gives_each_run_the_sweeps_flags_its_variant_its_seed_and_its_own_directory(tmp_path):
+    args = nanorgra.parse_args(sweep.run_argv(["--steps", "5"], "grpo_neg", 1, tmp_path))
+    assert (args.steps, args.seed, args.loss.adv_sign, args.out_dir) == (5, 1, "neg", str(tmp_path / "grpo_neg-seed1"))
 
 
-def test_sweep_skips_finished_runs_and_resumes_partial_ones(tmp_path, monkeypatch):
-    argv = TINY + ["--base-dir", str(tmp_path / "bases"), "--sweep", "--sweep-dir", str(tmp_path / "sweep"),
-                   "--sweep-seeds", "2", "--sweep-variants", "rgra,grpo"]
-    nanorgra.main(argv)
-    results = json.loads((tmp_path / "sweep" / "results.json").read_text())
-    assert [r["variant"] for r in results["rows"]] == ["rgra", "grpo"]
-    assert (tmp_path / "sweep" / "results.md").exists() and (tmp_path / "sweep" / "reward.png").exists()
+def test_tiny_quick_sweep_writes_its_table_json_curves_and_plots(tmp_path):
+    rows = sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg", "--jobs", "2"))
+    out = tmp_path / "sweep"
+    results = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in results["rows"]] == ["rgra", "grpo_neg"] == [r["variant"] for r in rows]
+    assert results["command"].startswith("python experiments/sweep.py --quick") and results["seconds"] > 0
+    row = results["rows"][0]
+    for key in ("acc", "gain", "ood_acc", "length", "entropy", "kl", "clip_frac"):
+        assert len(row[key]) == 2  # mean and 95% half-width over seeds
+    assert set(row["pass_at_k"]) == {"1", "2"} and set(row["styles"]) >= {"careful", "left-to-right", "bare"}
+    assert row["seeds"] == 2 and 0 <= row["collapsed"] <= 2
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["rgra"]["acc"]["x"] == [0, 2, 3]  # the base, the mid-run evaluation, the end
+    assert all(len(y) == 2 for y in curves["rgra"]["reward"]["y"])  # every step: mean and half-width
+    table = (out / "results.md").read_text()
+    assert "| grpo_neg | 2 |" in table and "gain over base" in table
+    for name in ("acc", "reward", "pass_at_k", "rgra_styles", "length"):
+        assert (out / f"sweep_{name}.png").exists()
 
-    # Make one run look interrupted: its summary is gone, its checkpoint is still there.
-    (tmp_path / "sweep" / "grpo-seed1" / "summary.json").unlink()
+
+def test_a_rerun_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
+    argv = sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra")
+    first = sweep.main(argv)
+    (tmp_path / "sweep" / "rgra-seed1" / "summary.json").unlink()  # as if stopped after its last checkpoint
     calls = []
     real_train = nanorgra.train
     monkeypatch.setattr(nanorgra, "train", lambda args, log=print: calls.append(args) or real_train(args, log))
-    nanorgra.main(argv)
-    assert [(a.out_dir, a.resume) for a in calls] == [(str(tmp_path / "sweep" / "grpo-seed1"), True)]
-    assert json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"] == results["rows"]
+    assert sweep.main(argv) == first
+    assert [(a.out_dir, a.resume) for a in calls] == [(str(tmp_path / "sweep" / "rgra-seed1"), True)]
 
 
-def test_sweep_refuses_to_reuse_finished_runs_made_with_other_settings(tmp_path):
-    argv = TINY + ["--base-dir", str(tmp_path / "bases"), "--sweep", "--sweep-dir", str(tmp_path / "sweep"),
-                   "--sweep-seeds", "1", "--sweep-variants", "rgra"]
-    nanorgra.main(argv)
-    with pytest.raises(SystemExit, match="settings differ"):  # e.g. a full sweep over a quick sweep's directory
-        nanorgra.main(argv + ["--steps", "4"])
+def test_finished_runs_made_with_other_settings_are_refused(tmp_path):
+    sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra"))
+    with pytest.raises(SystemExit, match="other settings"):  # e.g. a full sweep over a quick sweep's directory
+        sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra", "--steps", "4"))
 
 
-def test_quick_and_full_sweeps_default_to_different_directories():
-    parse = lambda argv: nanorgra.resolve_switches(nanorgra.build_parser().parse_args(argv))
-    assert parse(["--sweep"]).sweep_dir != parse(["--sweep", "--quick"]).sweep_dir
+def test_quick_and_full_sweeps_default_to_different_directories_and_seed_counts():
+    _, _, seeds, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
+    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep-quick", 3, 40)
+    _, _, seeds, out, runs = sweep.parse(["--variants", "rgra"])
+    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep", 5, 60)
+    _, _, _, _, runs = sweep.parse(["--quick", "--steps", "7", "--variants", "rgra"])
+    assert nanorgra.parse_args(runs[0]).steps == 7  # a flag given wins over --quick's
 
 
-def test_unknown_sweep_variant_is_refused_with_the_allowed_names(tmp_path, capsys):
+@pytest.mark.parametrize("flags,word", [(["--variants", "rgra,ppo"], "ppo"), (["--seeds", "1"], "--seeds"),
+                                        (["--lr", "nan"], "--lr")])
+def test_bad_sweep_flags_are_refused_before_any_run(tmp_path, capsys, flags, word):
     with pytest.raises(SystemExit):
-        nanorgra.main(TINY + ["--sweep", "--sweep-dir", str(tmp_path), "--sweep-variants", "rgra,ppo"])
-    assert "ppo" in capsys.readouterr().err
+        sweep.main(sweep_argv(tmp_path, *flags))
+    assert word in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "bases").exists()

@@ -101,9 +101,9 @@ def test_finished_runs_made_with_other_settings_are_refused(tmp_path):
 
 def test_quick_and_full_sweeps_default_to_different_directories_and_seed_counts():
     _, _, seeds, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
-    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep-quick", 3, 40)
+    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep-quick", 3, 30)
     _, _, seeds, out, runs = sweep.parse(["--variants", "rgra"])
-    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep", 5, 60)
+    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep", 3, 60)
     _, _, _, _, runs = sweep.parse(["--quick", "--steps", "7", "--variants", "rgra"])
     assert nanorgra.parse_args(runs[0]).steps == 7  # a flag given wins over --quick's
 

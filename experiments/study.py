@@ -3,8 +3,9 @@ experiments/study.py: the compute-matched sampling study of "Smaller, Weaker, Ye
 2408.16737) at this scale. At a fixed sampling budget, is training data better sampled from a strong-expensive
 model (SE) or from a weak-cheap one (WC)?
 
-    python experiments/study.py --quick     # 500 problems, short fine-tunes (measured time in README.md)
-    python experiments/study.py             # 2,000 problems, 3 seeds per fine-tune
+    python experiments/study.py --quick     # 500 problems, 60-step fine-tunes: 1,068 s measured (one thread,
+                                            # the two WC-size warm starts, 593 s of it, included)
+    python experiments/study.py             # 2,000 problems, 200-step fine-tunes, 3 seeds each
 
   sampling FLOPs   C = 2 P x (generated tokens)          P = parameters: a multiply and an add per parameter
   equal budgets    2 P_SE S_SE n L = 2 P_WC S_WC n L  =>  S_WC = (P_SE / P_WC) x S_SE

@@ -99,7 +99,7 @@ def test_finished_runs_made_with_other_settings_are_refused(tmp_path):
         sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra", "--steps", "4"))
 
 
-def test_quick_and_full_sweeps_default_to_different_directories_and_seed_counts():
+def test_quick_and_full_sweeps_default_to_different_directories_and_step_counts():
     _, _, seeds, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
     assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep-quick", 3, 30)
     _, _, seeds, out, runs = sweep.parse(["--variants", "rgra"])

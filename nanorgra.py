@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from data.tasks import HABITS, LEVELS, OOD_LEVEL, RL_LEVEL, SKILLS, STEP_KINDS, STYLES, TEST_SET_SIZE, \
     atom_check_steps, corpus_examples, load_test_set, prompt_text, test_exprs, train_problems, worked_solution, \
@@ -97,7 +98,6 @@ class LossConfig:
             raise ValueError("clip needs ratio (clipping acts on the ratio): pass --ratio, or --no-clip")
 
 
-CONFIG_FIELDS = [f.name for f in fields(LossConfig)]
 CHOICES = dict(objective=("pg", "raft", "sft"), baseline=("mean", "loo", "none"), adv_sign=("both", "pos", "neg"),
                kl_estimator=("k1", "k2", "k3"), agg=("seq-mean-token-mean", "token-mean", "seq-sum-norm"))
 rgra = LossConfig()
@@ -294,26 +294,27 @@ def rl_step(policy, ref, opt, tok, args, step, device):
     t1 = time.perf_counter()
     rewards, styles = score_batch(tok, problems, batch)
     adv, keep = advantages_for(rewards.to(device), args.loss)
-    ref_logp = None  # the frozen base: every step logs the KL to it, and the loss uses it when beta > 0
-    if args.loss.objective != "sft":
+    ref_logp = None  # the frozen base's log-probs: only the KL term needs them, so beta = 0 skips this forward
+    if args.loss.beta > 0:
         with torch.no_grad(), autocast(device):
             ref_logp = completion_logprobs(ref, batch, args.temperature)
     t2 = time.perf_counter()
     records, norms = learn(policy, opt, batch, ref_logp, adv, keep, args.loss, args.temperature,
                            step_rngs(args.seed, step, stream=3)[1])
     times = dict(t_sample=t1 - t0, t_score=t2 - t1, t_learn=time.perf_counter() - t2)
-    return step_metrics(step, rewards, styles, adv, keep, batch, ref_logp, records, norms, times)
+    return step_metrics(step, rewards, styles, adv, keep, batch, args.loss.objective != "sft", ref_logp, records,
+                        norms, times)
 
 
-def step_metrics(step, rewards, styles, adv, keep, batch, ref_logp, records, norms, times):
-    """Everything logged about one step, in one place. KL (k3 to the base) and entropy (-log pi) are averaged over
-    the sampled tokens under the policy that sampled them, whatever the loss uses; sft has no samples for them."""
-    mask, tokens, sampled = batch.mask, sum(r["tokens"] for r in records) or 1, ref_logp is not None
+def step_metrics(step, rewards, styles, adv, keep, batch, sampled, ref_logp, records, norms, times):
+    """Everything logged about one step, in one place. KL (k3 to the base, when beta > 0 had its log-probs
+    computed) and entropy (-log pi) are averaged over the sampled tokens; sft (gold text) has no samples for them."""
+    mask, tokens = batch.mask, sum(r["tokens"] for r in records) or 1
     per_token = lambda x: ((x * mask).sum() / mask.sum()).item()  # the mean over the real tokens
     return dict(step=step, reward=rewards.mean().item(), batch_acc=(rewards >= 1).float().mean().item(),
                 zero_var=zero_variance_groups(rewards).float().mean().item(), adv_mean=adv.mean().item(),
                 adv_std=adv.std().item() if adv.numel() > 1 else 0.0, kept=keep.float().mean().item(),
-                kl=per_token(kl_estimate(batch.logprobs, ref_logp, "k3")) if sampled else None,
+                kl=per_token(kl_estimate(batch.logprobs, ref_logp, "k3")) if ref_logp is not None else None,
                 entropy=per_token(-batch.logprobs) if sampled else None, resp_len=mask.sum(1).float().mean().item(),
                 ratio_mean=sum(r["ratio_sum"] for r in records) / tokens, clip_frac=sum(r["clipped"] for r in records)
                 / tokens, ratio_max=max((r["ratio_max"] for r in records), default=1.0), updates=len(norms),
@@ -322,26 +323,28 @@ def step_metrics(step, rewards, styles, adv, keep, batch, ref_logp, records, nor
 
 
 # -----------------------------------------------------------------------------
-# The warm start, in two stages like an LLM's pre-training and mid-training (data.tasks.SKILLS, HABITS): the
-# atomic steps of the RL level and careful worked solutions; then a messy corpus that writes problems in four
-# styles, right at very different rates. RL sees only whether the final answer is right: it can make the careful
-# habit win; it does not teach new arithmetic.
+# The warm start, in two stages like an LLM's pre-training and mid-training (data.tasks.SKILLS, HABITS): the atoms
+# of the RL level and careful solutions; then a messy corpus in four styles, right at very different rates, for RL
+# (answers only) to select from: RL can make the careful habit win; it does not teach new arithmetic.
 
 
 SUPERVISED = replace(PRESETS["sft"], agg="token-mean")  # learn() with A = 1 on every token: mean cross-entropy
 
 
+def warm_stages(args):  # (name, corpus, steps, peak lr, stream of the random draws); experiments/study.py reads it
+    return (("skills", SKILLS, args.skill_steps, args.skill_lr, 1),
+            ("habits", HABITS, args.habit_steps, args.habit_lr, 4))
+
+
 def train_stage(model, tok, corpus, steps, lr, stream, args, device, desc):
-    """Supervised steps on corpus with a fresh AdamW. Each step is learn() with advantage 1 on every example:
-    supervised learning is the REINFORCE term on given text."""
-    from tqdm import tqdm
+    """Supervised steps on corpus with a fresh AdamW: learn() with advantage 1 on every example."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     for step in (bar := tqdm(range(steps), desc=desc, disable=None)):
         np_rng, gen = step_rngs(args.base_seed, step, stream)
         pairs = corpus_examples(corpus, args.warm_batch, np_rng)
-        batch = pack_examples(tok, [p for p, _ in pairs], [STYLES[style](p.expr) for p, style in pairs], device)
         for group in opt.param_groups:  # linear warm-up over 5% of the steps, then cosine decay to 10% of lr
             group["lr"] = lr * min(1, (step + 1) / (steps // 20 + 1)) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        batch = pack_examples(tok, [p for p, _ in pairs], [STYLES[style](p.expr) for p, style in pairs], device)
         ones = torch.ones(len(pairs), device=device)
         records, _ = learn(model, opt, batch, None, ones, ones > 0, SUPERVISED, 1.0, gen)
         bar.set_postfix(loss=f"{records[0]['loss']:.3f}")
@@ -353,8 +356,7 @@ def warm_start(args, tok, device, log=print):
     config = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     model, path = GPT(config, seed=args.base_seed).to(device), None
     key = repr((config, args.base_seed, LEVELS, STEP_KINDS, sorted(test_exprs())))  # all that shapes the draws
-    for name, corpus, steps, lr, stream in (("skills", SKILLS, args.skill_steps, args.skill_lr, 1),
-                                            ("habits", HABITS, args.habit_steps, args.habit_lr, 4)):
+    for name, corpus, steps, lr, stream in warm_stages(args):
         if steps == 0:  # a stage of 0 steps is left out
             continue
         key = hashlib.sha256(repr((key, corpus, steps, lr, args.warm_batch)).encode()).hexdigest()[:12]
@@ -444,7 +446,6 @@ def base_evaluation(base, tok, args, device, base_path):
 def train(args, log=print):
     """The whole job: the summary (also in summary.json), or None if the first Ctrl-C stopped it after a step and
     a checkpoint (a second Ctrl-C stops at once: KeyboardInterrupt)."""
-    from tqdm import tqdm
     device, tok, stop = pick_device(args.device), get_tokenizer(), []
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -494,7 +495,7 @@ def print_summary(summary, run_dir, seconds):
     b, f = summary["base"], summary["final"]
     rows = [(f"{lvl} greedy accuracy", b[lvl]["acc"], f[lvl]["acc"]) for lvl in (RL_LEVEL, OOD_LEVEL)]
     rows += [(f"{RL_LEVEL} length (tokens)", b[RL_LEVEL]["len"], f[RL_LEVEL]["len"])] + [(f"{RL_LEVEL} step, {k}", x,
-             f[RL_LEVEL]["steps"][k]) for k, x in b[RL_LEVEL]["steps"].items()]  # the atoms, in context
+             f[RL_LEVEL]["steps"][k]) for k, x in b[RL_LEVEL]["steps"].items()]  # the atoms, each posed alone
     rows += [(f"{RL_LEVEL} pass@{k}", b[RL_LEVEL]["pass@k"][k], x) for k, x in f[RL_LEVEL]["pass@k"].items()]
     lines = [f"{'':>28} {'base':>8} {'trained':>8}"] + [f"{n:>28} {x:8.3f} {y:8.3f}" for n, x, y in rows]
     lines.append(f"{RL_LEVEL} greedy outputs by solution style, base -> trained: " + ", ".join(
@@ -519,8 +520,7 @@ def plot_run(run_dir, rows, evals):
         if len(curves) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(str(run_dir))
-    fig.savefig(buffer := io.BytesIO(), dpi=110, format="png")
-    write_atomic(run_dir / "run.png", buffer.getvalue())  # never a half-written plot
+    save_figure(fig, run_dir / "run.png")
 
 
 # =============================================================================
@@ -547,8 +547,9 @@ def build_parser():
     a = p.add_argument_group("run")
     a.add_argument("--preset", default="rgra", choices=list(PRESETS), help="named set of loss switches (rgra)")
     a.add_argument("--out-dir", default=None, help="run directory (default: runs/<preset>-seed<seed>)")
-    a.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
-    a.add_argument("--overwrite", action="store_true", help="delete the run in --out-dir and start again")
+    either = a.add_mutually_exclusive_group()
+    either.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
+    either.add_argument("--overwrite", action="store_true", help="delete the run in --out-dir and start again")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, mps, cpu")
     a.add_argument("--base-dir", default="runs/bases", help="cache of warm-start checkpoints (runs/bases)")
     for group, flags in RUN_FLAGS.items():
@@ -590,7 +591,7 @@ def parse_args(argv=None):
                              f"solution ({need[0]} to {need[-1]} tokens with EOS)")
     except ValueError as e:
         name = str(e).split(" ")[0]  # a LossConfig message starts with its field's name
-        parser.error(f"--{name.replace('_', '-')}{str(e)[len(name):]}" if name in CONFIG_FIELDS else str(e))
+        parser.error(f"--{name.replace('_', '-')}{str(e)[len(name):]}" if hasattr(LossConfig, name) else str(e))
     args.out_dir = args.out_dir or f"runs/{args.preset}-seed{args.seed}"
     return args
 
@@ -611,10 +612,14 @@ def decode_completions(tok, rollout):
     return [tok.decode(t[m].tolist()) for t, m in zip(rollout.tokens.cpu(), rollout.mask.cpu())]
 
 
+def save_figure(fig, path):  # a matplotlib Figure as a PNG, written atomically: never a half-written plot
+    fig.savefig(buffer := io.BytesIO(), dpi=110, format="png")
+    write_atomic(path, buffer.getvalue())
+
+
 def save_atomic(obj, path):
     """torch.save, written atomically (data.tasks.write_atomic): a crash never leaves a half-written checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(obj, buffer := io.BytesIO())
     write_atomic(path, buffer.getvalue())
 
 
@@ -623,20 +628,21 @@ def load_checkpoint(path, device, what_to_do):
     try:
         return torch.load(path, map_location=device)
     except Exception as e:  # torch raises one of several types on a damaged file
-        raise SystemExit(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
-                         f"{what_to_do}") from None
+        raise SystemExit(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); {what_to_do}") \
+            from None
+
+
+def run_settings(args):  # as config.json holds them: JSON values, without --resume and --overwrite
+    return json.loads(json.dumps({k: asdict(v) if k == "loss" else v for k, v in vars(args).items()
+                                  if k not in ("resume", "overwrite")}))
 
 
 def start_run(args, tok, device, log):
-    """The run directory, fresh or resumed, the base model (the frozen KL reference), the policy and the optimizer.
-    Nothing a user ran is lost: a directory that holds a run is refused unless --resume or --overwrite, and so is a
-    --resume with nothing to resume or other settings, all before the warm start, which takes minutes."""
-    run_dir, now = Path(args.out_dir), {k: asdict(v) if k == "loss" else v for k, v in vars(args).items()}
-    now = json.loads(json.dumps({k: v for k, v in now.items() if k not in ("resume", "overwrite")}))  # as saved
+    """The run directory, fresh or resumed, the base (the frozen KL reference), the policy and the optimizer.
+    Nothing a user ran is lost: a used directory, a --resume of nothing or with other settings stop at once."""
+    run_dir, now = Path(args.out_dir), run_settings(args)
     files = ("config.json", "metrics.jsonl", "eval.jsonl", "ckpt.pt", "summary.json", "run.png")  # what a run writes
     held = [name for name in files if (run_dir / name).exists()]
-    if args.resume and args.overwrite:
-        raise SystemExit("--resume and --overwrite contradict each other; pass one of them")
     if args.resume and not (run_dir / "ckpt.pt").exists():
         raise SystemExit(f"--resume: no checkpoint at {run_dir / 'ckpt.pt'}, so nothing to resume")
     saved = json.loads((run_dir / "config.json").read_text()) if args.resume else now

@@ -106,10 +106,10 @@ def validate_level(level):
 
 # Easy to hard: the warm start trains on atoms (single steps of mix3 solutions) and mix2, RL on mix3 (answers
 # only), and ood4 (longer expressions) is never trained on. Atoms have no test set of their own: a one-digit fact
-# space is too small to hold some of it out, and the atoms are measured in context, inside the RL level's held-out
-# solutions (nanorgra.step_accuracy). No two * in a row and no step below zero: every step of
-# a careful solution is a fact the warm start can master (STEP_KINDS). In every mix3 problem a * follows a + or a -,
-# so that precedence decides the order: the one thing the careful habit gets right and the others do not.
+# space is too small to hold some of it out; atom_check_steps is the set the atoms are measured on. No two * in a
+# row and no step below zero: every step of a careful solution is a fact the warm start can master (STEP_KINDS).
+# In every mix3 problem a * follows a + or a -, so that precedence decides the order: the one thing the careful
+# habit gets right and the others do not.
 LEVELS = {
     "atoms": Level("atoms", n_ops=(1, 1), n_digits=1, operators="+-*", steps_of="mix3"),
     "mix2": Level("mix2", n_ops=(2, 3), n_digits=1, operators="+-*", mul_chains=False, nonnegative=True),

@@ -27,7 +27,6 @@ A study directory holds one set of settings: the same command resumes it (sample
 """
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -36,20 +35,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for nanorgra
 
-import matplotlib  # imported before any work starts: the plot at the end needs it
+from matplotlib.figure import Figure  # imported before any work starts: the plot at the end needs it
 
 import numpy as np
 import torch
 
 import nanorgra
-from data.tasks import HABITS, OOD_LEVEL, RL_LEVEL, SKILLS, corpus_examples, prompt_text, sample_problems, \
+from data.tasks import OOD_LEVEL, RL_LEVEL, corpus_examples, prompt_text, sample_problems, \
     test_exprs, worked_solution, write_atomic
 from data.tokenizer import get_tokenizer
 from experiments.sweep import mean_ci95
 from model import GPT
 from verifier import is_false_positive, outcome_reward
 
-matplotlib.use("Agg")
 
 QUICK = ["--problems", "500", "--ft-steps", "60", "--eval-n", "200", "--pass-n", "50"]  # what --quick sets
 SETUPS = {"distillation": "student", "self_improvement": "wc", "weak_to_strong": "se"}  # -> the model fine-tuned
@@ -101,7 +99,7 @@ def warm_start_exprs(args):
     makes them (the model size does not enter the draws)."""
     exprs = set()
     for seed in {args.base_seed, args.student_base_seed}:
-        for corpus, steps, stream in ((SKILLS, args.skill_steps, 1), (HABITS, args.habit_steps, 4)):
+        for _, corpus, steps, _, stream in nanorgra.warm_stages(args):
             for step in range(steps):
                 rng = nanorgra.step_rngs(seed, step, stream)[0]
                 exprs.update(p.expr for p, _ in corpus_examples(corpus, args.warm_batch, rng))
@@ -194,8 +192,8 @@ def study_markdown(quality, rows, bases, params, study):
 def plot_study(curves, rows, path):
     """Left: coverage against the sampling FLOPs spent, SE and WC (equal compute is one vertical line). Right:
     fine-tuned greedy accuracy per setup, one bar per data set, error bars the 95% intervals over seeds."""
-    import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig = Figure((12, 4.8), layout="tight")
+    left, right = fig.subplots(1, 2)
     for name, c in curves.items():
         left.plot(c["flops"], c["coverage"], marker="o", ms=3, label=f"{name.upper()} (k = 1..{len(c['flops'])})")
     left.axvline(curves["se"]["flops"][-1], color="grey", ls="--", label="SE's whole budget (equal compute)")
@@ -210,10 +208,7 @@ def plot_study(curves, rows, path):
     right.set_xticks(range(len(SETUPS)), list(SETUPS))
     right.set_ylabel(f"fine-tuned {RL_LEVEL} greedy accuracy (95% interval)")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(buffer := io.BytesIO(), dpi=110, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    nanorgra.save_figure(fig, path)
 
 
 def parse(argv):

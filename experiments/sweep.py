@@ -16,18 +16,16 @@ Writes results.md, results.json (with the command and its seconds), curves.json 
 """
 
 import argparse
-import io
 import json
 import math
 import multiprocessing
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for nanorgra
 
-import matplotlib  # imported before any work starts: the plots at the end need it
+from matplotlib.figure import Figure  # imported before any work starts: the plots at the end need it
 
 import numpy as np
 
@@ -35,7 +33,6 @@ import nanorgra
 from data.tasks import OOD_LEVEL, RL_LEVEL, write_atomic
 from verifier import STYLE_NAMES
 
-matplotlib.use("Agg")
 
 VARIANTS = {  # name -> the flags that make it from the default run (RGRA); each changes one thing
     "rgra": ["--preset", "rgra"],
@@ -88,10 +85,7 @@ def run_one(argv):
     run_dir = Path(argv[argv.index("--out-dir") + 1])
     args = nanorgra.parse_args(argv + (["--resume"] if (run_dir / "ckpt.pt").exists() else []))
     if (run_dir / "summary.json").exists():  # finished: but a run made with other settings must not pass for this
-        saved = json.loads((run_dir / "config.json").read_text())
-        now = json.loads(json.dumps({k: asdict(v) if k == "loss" else v for k, v in vars(args).items()
-                                     if k not in ("resume", "overwrite")}))  # as nanorgra.start_run saves it
-        if saved != now:
+        if json.loads((run_dir / "config.json").read_text()) != nanorgra.run_settings(args):
             raise SystemExit(f"{run_dir} holds a finished run with other settings; pass another --sweep-dir")
         return "done"
     args.overwrite = not args.resume  # a run that died before its first checkpoint starts again
@@ -113,8 +107,8 @@ def variant_row(variant, runs):
                            else math.nan for r in runs])
     return dict(
         variant=variant, seeds=len(runs), base_acc=base[RL_LEVEL]["acc"],
-        acc=ci([f[RL_LEVEL]["acc"] for f in final]), gain=ci([f[RL_LEVEL]["acc"] - base[RL_LEVEL]["acc"] for f in final]),
-        ood_acc=ci([f[OOD_LEVEL]["acc"] for f in final]),
+        acc=ci([f[RL_LEVEL]["acc"] for f in final]), ood_acc=ci([f[OOD_LEVEL]["acc"] for f in final]),
+        gain=ci([f[RL_LEVEL]["acc"] - base[RL_LEVEL]["acc"] for f in final]),
         pass_at_k={k: ci([f[RL_LEVEL]["pass@k"][k] for f in final]) for k in base[RL_LEVEL]["pass@k"]},
         styles={s: ci([f[RL_LEVEL]["styles"][s] / sum(f[RL_LEVEL]["styles"].values()) for f in final])
                 for s in STYLE_NAMES},
@@ -150,26 +144,19 @@ def band(ax, curve, label, **kw):
     ax.fill_between(curve["x"], y - h, y + h, alpha=0.15, color=ax.lines[-1].get_color())
 
 
-def save(fig, path):
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(buffer := io.BytesIO(), dpi=110, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-
-
 def plot(curves, rows, base, out):
     """sweep_acc.png and sweep_reward.png (every variant, with 95% bands), sweep_pass_at_k.png (base and the
     variants that separate feedback signs), sweep_rgra_styles.png and sweep_length.png."""
-    import matplotlib.pyplot as plt
     for key, ylabel in (("acc", f"held-out {RL_LEVEL} greedy accuracy"), ("reward", "batch reward")):
-        fig, ax = plt.subplots(figsize=(9, 5.5))
+        fig = Figure((9, 5.5), layout="tight")
+        ax = fig.subplots()
         for i, (variant, c) in enumerate(curves.items()):
             band(ax, c[key], variant, linestyle="-" if i < 10 else "--", marker="o" if key == "acc" else None, ms=3)
         ax.set(xlabel="RL steps done", ylabel=ylabel + " (mean, 95% band over seeds)")
         ax.legend(fontsize=7, ncol=2)
-        save(fig, out / f"sweep_{key}.png")
-    fig, ax = plt.subplots(figsize=(7, 5))
+        nanorgra.save_figure(fig, out / f"sweep_{key}.png")
+    fig = Figure((7, 5), layout="tight")
+    ax = fig.subplots()
     ks = [int(k) for k in base[RL_LEVEL]["pass@k"]]
     ax.plot(ks, list(base[RL_LEVEL]["pass@k"].values()), "k--", marker="o", ms=3, label="base")
     for r in rows:
@@ -179,20 +166,22 @@ def plot(curves, rows, base, out):
     ax.set(xscale="log", xlabel="k (samples per problem)", ylabel=f"{RL_LEVEL} pass@k (mean, 95% interval)")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.legend()
-    save(fig, out / "sweep_pass_at_k.png")
+    nanorgra.save_figure(fig, out / "sweep_pass_at_k.png")
     if "rgra" in curves:
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig = Figure((8, 5), layout="tight")
+        ax = fig.subplots()
         for s in STYLE_NAMES:
             band(ax, curves["rgra"]["styles"][s], s)
         ax.set(xlabel="RL steps done", ylabel="rgra: share of the sampled completions (95% band)")
         ax.legend()
-        save(fig, out / "sweep_rgra_styles.png")
-    fig, ax = plt.subplots(figsize=(9, 5))
+        nanorgra.save_figure(fig, out / "sweep_rgra_styles.png")
+    fig = Figure((9, 5), layout="tight")
+    ax = fig.subplots()
     for i, (variant, c) in enumerate(curves.items()):
         band(ax, c["length"], variant, linestyle="-" if i < 10 else "--")
     ax.set(xlabel="RL steps done", ylabel="response length in tokens (mean, 95% band over seeds)")
     ax.legend(fontsize=7, ncol=2)
-    save(fig, out / "sweep_length.png")
+    nanorgra.save_figure(fig, out / "sweep_length.png")
 
 
 def parse(argv):

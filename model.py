@@ -121,6 +121,10 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
+    @property
+    def device(self):
+        return self.wte.weight.device
+
     def forward(self, idx, valid=None, cache=None, start=0, pos=None):
         """
         idx: (B, T) token ids. valid: (B, T) bool, False on left padding (None = all real tokens).
@@ -179,12 +183,12 @@ def token_logprobs(logits, targets, temperature=1.0):
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logprobs(model, batch, temperature, rows=slice(None)):
-    """Log-probs (N, L) of the completion tokens of batch[rows] (a Rollout) given their prompts, at the sampling
+def completion_logprobs(model, batch, temperature):
+    """Log-probs (N, L) of the completion tokens of batch (a Rollout) given their prompts, at the sampling
     temperature: train the distribution that was sampled, or the ratio pi_theta / pi_old is not 1 at the start."""
-    prompt, tokens = batch.prompt[rows], batch.tokens[rows]
-    seq, valid = torch.cat([prompt, tokens], 1), torch.cat([batch.prompt_valid[rows], batch.mask[rows]], 1)
-    return token_logprobs(model(seq, valid=valid)[:, prompt.size(1) - 1:-1], tokens, temperature)  # (N, L)
+    seq, valid = batch.sequences()  # (N, P + L)
+    logits = model(seq, valid=valid)[:, batch.prompt.size(1) - 1:-1]  # the predictions of the completion tokens
+    return token_logprobs(logits, batch.tokens, temperature)  # (N, L)
 
 
 # -----------------------------------------------------------------------------
@@ -202,6 +206,11 @@ class Rollout:
     def sequences(self):
         """The full (prompt | completion) rows and their valid mask, as the training forward takes them."""
         return torch.cat([self.prompt, self.tokens], 1), torch.cat([self.prompt_valid, self.mask], 1)
+
+    def rows(self, index):
+        """The Rollout of the rows given by index (a tensor of row numbers or a slice)."""
+        return Rollout(self.prompt[index], self.prompt_valid[index], self.tokens[index], self.mask[index],
+                       self.logprobs[index])
 
 
 class KVCache:

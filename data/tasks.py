@@ -24,9 +24,7 @@ Regenerate the test sets with:  python -m data.tasks
 import dataclasses
 import functools
 import json
-import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -461,23 +459,10 @@ def _test_exprs(names):
     return frozenset(p.expr for name in names for p in load_test_set(name))
 
 
-def write_atomic(path, data):
-    """Write data (str or bytes) to path via a temporary file and os.replace, so a crash never leaves a
-    half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_test_sets():
     """Regenerate every level's test set file; returns {level name: number of problems}."""
+    from rundir import write_atomic  # imported here: rundir.py reads this module's levels
+
     counts = {}
     for name in TESTED_LEVELS:
         problems = generate_test_set(name)

@@ -42,10 +42,12 @@ import torch
 
 import nanorgra
 from data.tasks import OOD_LEVEL, RL_LEVEL, corpus_examples, prompt_text, sample_problems, \
-    test_exprs, worked_solution, write_atomic
+    test_exprs, worked_solution
 from data.tokenizer import get_tokenizer
+from distributed import setup_device
 from experiments.sweep import mean_ci95
-from model import GPT
+from model import GPT, GPTConfig
+from rundir import cached_json, save_figure, write_atomic
 from verifier import is_false_positive, outcome_reward
 
 
@@ -122,10 +124,14 @@ def model_args(args, study):
 
 def sample_solutions(model, tok, problems, n_samples, max_new_tokens, device, seed):
     """n_samples completions per problem at temperature 1: texts and generated tokens (EOS counted) per problem."""
-    texts, lengths = nanorgra.sample_texts(model, tok, [prompt_text(p) for p in problems], n_samples, 1.0,
-                                           max_new_tokens, device, seed=seed)
-    per = lambda flat: [flat[i * n_samples:(i + 1) * n_samples] for i in range(len(problems))]
-    return dict(texts=per(texts), tokens=per(lengths))
+    prompts = [prompt_text(p) for p in problems]
+    how = nanorgra.Sampling(n_samples, 1.0, max_new_tokens)
+    texts, lengths = nanorgra.sample_texts(model, tok, prompts, how, seed=seed)
+
+    def per_problem(flat):
+        return [flat[i * n_samples:(i + 1) * n_samples] for i in range(len(problems))]
+
+    return dict(texts=per_problem(texts), tokens=per_problem(lengths))
 
 
 def data_quality(problems, samples, n_params, k, planned_tokens):
@@ -155,18 +161,9 @@ def finetune(base, tok, kept, study, seed, device):
     for step, idx in enumerate(finetune_order(len(kept), study.ft_steps, study.ft_batch, seed) if kept else []):
         problems, texts = zip(*[kept[i] for i in idx])
         batch = nanorgra.pack_examples(tok, problems, texts, device)
-        ones = torch.ones(len(idx), device=device)
         gen = nanorgra.step_rngs(seed, step, STREAMS["order"])[1]
-        records, _ = nanorgra.learn(model, opt, batch, None, ones, ones > 0, nanorgra.SUPERVISED, 1.0, gen)
-        losses.append(records[0]["loss"])
+        losses.append(nanorgra.supervised_step(model, opt, batch, gen)["loss"])
     return model, losses
-
-
-def cached_json(path, make):
-    """The JSON at path, or make() written there first: what a resumed study skips."""
-    if not path.exists():
-        write_atomic(path, json.dumps(make()))
-    return json.loads(path.read_text())
 
 
 def study_markdown(quality, rows, bases, params, study):
@@ -208,7 +205,7 @@ def plot_study(curves, rows, path):
     right.set_xticks(range(len(SETUPS)), list(SETUPS))
     right.set_ylabel(f"fine-tuned {RL_LEVEL} greedy accuracy (95% interval)")
     right.legend(fontsize=8)
-    nanorgra.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def parse(argv):
@@ -242,7 +239,7 @@ def parse(argv):
     if args.student_base_seed == args.base_seed:
         p.error(f"--student-base-seed must differ from --base-seed ({args.base_seed}): with the same seed the "
                 f"student would be the WC model, which sampled the data")
-    sizes = {name: GPT(nanorgra.GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=a.n_layer, n_head=a.n_head,
+    sizes = {name: GPT(GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=a.n_layer, n_head=a.n_head,
                                           n_embd=a.n_embd)).num_params() for name, a in model_args(args, study).items()}
     if sizes["wc"] >= sizes["se"]:
         p.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {sizes['wc']:,} parameters, not fewer than the SE's "
@@ -255,9 +252,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     study, args = parse(argv)
     t0, out, tok = time.time(), study.study_dir, get_tokenizer()
-    device = nanorgra.pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = setup_device(args)
     config = dict(study={k: str(v) for k, v in vars(study).items()}, run={k: str(v) for k, v in vars(args).items()
                                                                          if k not in ("device", "threads")})
     if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
@@ -266,7 +261,7 @@ def main(argv=None):
     models, bases, params = {}, {}, {}
     for name, a in model_args(args, study).items():
         models[name], path = nanorgra.warm_start(a, tok, device, log=print)
-        bases[name] = nanorgra.base_evaluation(models[name], tok, a, device, path)
+        bases[name] = nanorgra.base_evaluation(models[name], tok, a, path)
         params[name] = models[name].num_params()
     ratio, t_models = params["se"] / params["wc"], time.time() - t0
     s_se = study.s_se
@@ -289,7 +284,7 @@ def main(argv=None):
             t = time.time()
             model, losses = finetune(models[SETUPS[setup]], tok, kept[source], study, seed, device)
             return dict(kept=len(kept[source]), final_loss=losses[-1] if losses else None, seconds=time.time() - t,
-                        eval=nanorgra.evaluate_all(model, tok, args, device, full=False))
+                        eval=nanorgra.evaluate_all(model, tok, args, full=False))
         runs[(setup, source, seed)] = r = cached_json(out / "finetune" / f"{setup}-{source}-seed{seed}.json", make)
         print(f"[study {i + 1}/{len(jobs)}] {setup} on {source}, seed {seed}: {RL_LEVEL} acc "
               f"{r['eval'][RL_LEVEL]['acc']:.3f}")

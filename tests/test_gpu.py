@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import nanorgra
+import rundir
 from data.tasks import RL_LEVEL, prompt_text, train_problems
 from data.tokenizer import get_tokenizer
 from model import Rollout, autocast, completion_logprobs, generate, generate_naive, gumbel_noise
@@ -117,7 +118,8 @@ def test_loss_gradients_under_bf16_on_the_gpu_match_the_float32_cpu_ones(trained
             ref_logp = completion_logprobs(model, batch, 1.0)
         adv, keep = nanorgra.advantages_for(rewards.to(device), cfg)
         opt = RecordingSGD(model.parameters())
-        nanorgra.learn(model, opt, batch, ref_logp, adv, keep, cfg, 1.0, torch.Generator().manual_seed(0))
+        exp = nanorgra.Experience(batch, adv, ref_logp, 1.0, keep, batch.mask.sum(1))
+        nanorgra.learn(model, opt, exp, cfg, torch.Generator().manual_seed(0))
         grads.append(opt.grads[0].double())
     cpu, gpu = grads
     assert (cpu @ gpu / (cpu.norm() * gpu.norm())).item() > 0.99
@@ -128,18 +130,18 @@ def test_a_tiny_run_on_the_gpu_stops_at_ctrl_c_and_resumes_to_the_end(tmp_path, 
     argv = TINY + RUN + ["--device", "cuda", "--base-dir", str(base_dir), "--out-dir", str(tmp_path / "run")]
     rl_step = nanorgra.rl_step
 
-    def ctrl_c_during_step_1(policy, ref, opt, tok, args, step, device):
-        assert device.type == "cuda" and next(policy.parameters()).is_cuda
+    def ctrl_c_during_step_1(policy, ref, opt, tok, args, step):
+        assert policy.device.type == "cuda"
         if step == 1:
             os.kill(os.getpid(), signal.SIGINT)  # a user's Ctrl-C while step 1 runs
-        return rl_step(policy, ref, opt, tok, args, step, device)
+        return rl_step(policy, ref, opt, tok, args, step)
 
     monkeypatch.setattr(nanorgra, "rl_step", ctrl_c_during_step_1)
     assert nanorgra.train(nanorgra.parse_args(argv), log=lambda *a: None) is None  # stopped after step 1
     assert torch.load(tmp_path / "run" / "ckpt.pt", map_location="cpu")["step"] == 1
     monkeypatch.setattr(nanorgra, "rl_step", rl_step)
     summary = nanorgra.train(nanorgra.parse_args(argv + ["--resume"]), log=lambda *a: None)
-    rows = nanorgra.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    rows = rundir.read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and summary["steps"] == 4
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["kl"]) for r in rows)
     assert (tmp_path / "run" / "run.png").exists()

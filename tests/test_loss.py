@@ -72,9 +72,10 @@ def run_learn(model, rollout, cfg, lr=0.0, adv=None, keep=None):
     opt = RecordingSGD(policy.parameters(), lr=lr)
     if adv is None:
         adv, keep = nanorgra.advantages_for(REWARDS, cfg)
-    records, norms = nanorgra.learn(policy, opt, rollout, ref_logp, adv, keep, cfg, 1.0, torch.Generator().manual_seed(0))
-    stats = dict(clipped=sum(r["clipped"] for r in records), ratio_max=max(r["ratio_max"] for r in records),
-                 loss=sum(r["loss"] for r in records) / len(norms))
+    exp = nanorgra.Experience(rollout, adv, ref_logp, 1.0, keep, rollout.mask.sum(1))
+    learned = nanorgra.learn(policy, opt, exp, cfg, torch.Generator().manual_seed(0))
+    stats = dict(clipped=learned["clipped"], ratio_max=learned["ratio_max"],
+                 loss=learned["loss"] / len(learned["norms"]))
     return policy, opt.grads, stats
 
 
@@ -384,7 +385,7 @@ def test_one_update_raises_the_logprob_of_positive_advantage_completions_and_low
 
     def seq_logp(model):
         with torch.no_grad():
-            lp = completion_logprobs(model, rollout, 1.0, slice(0, 2))
+            lp = completion_logprobs(model, rollout.rows(slice(0, 2)), 1.0)
         return (lp * rollout.mask[:2]).sum(1)
 
     before, after = seq_logp(tiny), seq_logp(policy)
@@ -440,7 +441,7 @@ def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradie
             stats = None
         else:
             cfg = replace(grpo, ratio=ratio, clip=clip)
-            loss, stats = nanorgra.rl_loss(logp, rollout.logprobs, None, adv, rollout.mask, cfg, n_seqs, n_tokens)
+            loss, stats = nanorgra.rl_loss(logp, rollout, adv, None, cfg, (n_seqs, n_tokens))
         loss.backward()
         return [p.grad.clone() for p in policy.parameters()], stats, logp.detach()
 
@@ -472,7 +473,7 @@ def test_raft_and_sft_presets_give_the_old_cross_entropy_branch_on_the_kept_rows
 
     rows = keep.nonzero().flatten()  # the old branch, written out
     model = copy.deepcopy(tiny)
-    logp = completion_logprobs(model, rollout, 1.0, rows)
+    logp = completion_logprobs(model, rollout.rows(rows), 1.0)
     mask = rollout.mask[rows]
     old = nanorgra.aggregate(-logp, mask.float(), agg, len(rows), mask.sum().item(), 12.0)
     old.backward()
@@ -506,14 +507,14 @@ def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_lo
     adv = torch.randn(B * G, generator=g)
     cfg = replace(nanorgra.PRESETS["grpo"], beta=0.1, agg=agg, agg_constant=12.0)
     n_seqs, n_tokens = B * G, mask.sum().item()
-    full, _ = nanorgra.rl_loss(logp, rollout.logprobs, ref_logp, adv, mask, cfg, n_seqs, n_tokens)
-    parts = [nanorgra.rl_loss(logp[s], rollout.logprobs[s], ref_logp[s], adv[s], mask[s], cfg, n_seqs, n_tokens)[0]
+    full, _ = nanorgra.rl_loss(logp, rollout, adv, ref_logp, cfg, (n_seqs, n_tokens))
+    parts = [nanorgra.rl_loss(logp[s], rollout.rows(s), adv[s], ref_logp[s], cfg, (n_seqs, n_tokens))[0]
              for s in torch.arange(B * G).split(5)]
     torch.testing.assert_close(sum(parts), full)
     if agg == "token-mean":
         # the check can fail: averaging per-micro-batch token means (local counts) is a different, wrong number
-        local = [nanorgra.rl_loss(logp[s], rollout.logprobs[s], ref_logp[s], adv[s], mask[s], cfg, len(s),
-                                  mask[s].sum().item())[0] / 4
+        local = [nanorgra.rl_loss(logp[s], rollout.rows(s), adv[s], ref_logp[s], cfg,
+                                  (len(s), mask[s].sum().item()))[0] / 4
                  for s in torch.arange(B * G).split(4)]
         assert not torch.allclose(sum(local), full)
 
@@ -532,9 +533,11 @@ def test_at_rho_1_the_grpo_loss_value_is_0_while_its_gradient_is_not(tiny, rollo
     policy = copy.deepcopy(tiny)
     logp = completion_logprobs(policy, rollout, 1.0)
     n_seqs, n_tokens = B * G, rollout.mask.sum().item()
-    ratio_loss, _ = nanorgra.rl_loss(logp, logp.detach(), None, adv, rollout.mask, grpo, n_seqs, n_tokens)
-    reinforce_loss, _ = nanorgra.rl_loss(logp, logp.detach(), None, adv, rollout.mask,
-                                         replace(grpo, ratio=False, clip=False), n_seqs, n_tokens)
+    sampled_now = replace(rollout, logprobs=logp.detach())  # old_logp = logp: rho = 1
+    counts = (n_seqs, n_tokens)
+    ratio_loss, _ = nanorgra.rl_loss(logp, sampled_now, adv, None, grpo, counts)
+    reinforce_loss, _ = nanorgra.rl_loss(logp, sampled_now, adv, None,
+                                         replace(grpo, ratio=False, clip=False), counts)
     assert abs(ratio_loss.item()) < 1e-6
     assert abs(reinforce_loss.item()) > 1e-3
     (g_ratio,) = torch.autograd.grad(ratio_loss, policy.wte.weight, retain_graph=True)

@@ -3,6 +3,7 @@ on a tiny model, including resuming a sweep without redoing its runs."""
 
 import json
 import math
+import shlex
 from dataclasses import asdict
 
 import pytest
@@ -100,12 +101,12 @@ def test_finished_runs_made_with_other_settings_are_refused(tmp_path):
 
 
 def test_quick_and_full_sweeps_default_to_different_directories_and_step_counts():
-    _, _, seeds, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
-    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep-quick", 3, 30)
-    _, _, seeds, out, runs = sweep.parse(["--variants", "rgra"])
-    assert (str(out), seeds, nanorgra.parse_args(runs[0]).steps) == ("runs/sweep", 3, 60)
+    _, _, _, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
+    assert (str(out), len(runs), nanorgra.parse_args(runs[0].argv).steps) == ("runs/sweep-quick", 3, 30)
+    _, _, _, out, runs = sweep.parse(["--variants", "rgra"])
+    assert (str(out), len(runs), nanorgra.parse_args(runs[0].argv).steps) == ("runs/sweep", 3, 60)
     _, _, _, _, runs = sweep.parse(["--quick", "--steps", "7", "--variants", "rgra"])
-    assert nanorgra.parse_args(runs[0]).steps == 7  # a flag given wins over --quick's
+    assert nanorgra.parse_args(runs[0].argv).steps == 7  # a flag given wins over --quick's
 
 
 @pytest.mark.parametrize("flags,word", [(["--variants", "rgra,ppo"], "ppo"), (["--seeds", "1"], "--seeds"),
@@ -115,3 +116,50 @@ def test_bad_sweep_flags_are_refused_before_any_run(tmp_path, capsys, flags, wor
         sweep.main(sweep_argv(tmp_path, *flags))
     assert word in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "bases").exists()
+
+
+# -----------------------------------------------------------------------------
+# Beyond one machine: the commands printed one a line, and the tables collected from their runs
+
+
+def printed_commands(capsys):
+    """The command lines --print-commands printed (comments left out), as argument lists of sweep.py."""
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert all(line.startswith("python experiments/sweep.py ") for line in lines)
+    return [shlex.split(line)[2:] for line in lines]
+
+
+def test_print_commands_gives_the_warm_start_then_one_command_per_run_and_runs_nothing(tmp_path, capsys):
+    sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg", "--print-commands"))
+    commands = printed_commands(capsys)
+    names = [argv[argv.index("--run") + 1] for argv in commands]
+    assert names == ["warm-start", "rgra-seed0", "rgra-seed1", "grpo_neg-seed0", "grpo_neg-seed1"]
+    assert all("--print-commands" not in argv and "--quick" in argv for argv in commands)
+    assert not (tmp_path / "bases").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_the_printed_commands_run_the_sweep_and_collect_makes_its_tables_without_training(
+        tmp_path, capsys, monkeypatch):
+    argv = sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg")
+    sweep.main(argv + ["--print-commands"])
+    for command in printed_commands(capsys):  # as a scheduler would run them, one by one
+        sweep.main(command)
+    monkeypatch.setattr(nanorgra, "train", lambda *a, **k: pytest.fail("--collect trained a run"))
+    rows = sweep.main(argv + ["--collect"])
+    assert [r["variant"] for r in rows] == ["rgra", "grpo_neg"] and rows[0]["seeds"] == 2
+    results = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert results["rows"] == json.loads(json.dumps(rows))
+    assert (tmp_path / "sweep" / "sweep_acc.png").exists()
+
+
+def test_collect_refuses_while_runs_are_missing_and_names_them(tmp_path):
+    argv = sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra")
+    sweep.main(argv + ["--run", "rgra-seed0"])
+    with pytest.raises(SystemExit, match="rgra-seed1"):
+        sweep.main(argv + ["--collect"])
+
+
+def test_a_run_name_that_is_not_in_the_sweep_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(sweep_argv(tmp_path, "--variants", "rgra", "--run", "grpo-seed0"))
+    assert "grpo-seed0" in capsys.readouterr().err

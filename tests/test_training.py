@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-import nanorgra
 import data.tasks as tasks
+import flags
+import nanorgra
+import rundir
 from data.tasks import STEP_KINDS, train_problems
 from verifier import STYLE_NAMES
 
@@ -137,15 +139,22 @@ def test_presets_are_loss_configs_that_replace_changes_without_argparse():
         replace(nanorgra.PRESETS["rgra"], clip=True)
 
 
-def test_every_loss_switch_is_a_flag_whose_help_is_the_comment_beside_its_field():
-    text = nanorgra.build_parser().format_help()
+def test_every_loss_switch_is_a_flag_whose_help_is_its_fields_metadata():
+    text = flags.build_parser(nanorgra.PRESETS).format_help()
     for f in fields(nanorgra.LossConfig):
         assert "--" + f.name.replace("_", "-") in text
-    assert "updates per sampled batch (rgra: 1)" in text  # the comment beside LossConfig.mu, and rgra's value
+        assert f.metadata["help"].split()[0] in text
+    assert "updates per sampled batch (rgra: 1)" in text  # LossConfig.mu's help, and rgra's value
+
+
+def test_a_bad_switch_value_names_its_field_as_data_not_only_in_the_message():
+    with pytest.raises(nanorgra.SwitchError) as e:
+        replace(nanorgra.PRESETS["grpo"], eps_low=1.5)
+    assert e.value.switch == "eps_low" and "< 1" in e.value.problem
 
 
 def test_help_shows_only_the_flags_of_a_run():
-    text = nanorgra.build_parser().format_help()
+    text = flags.build_parser(nanorgra.PRESETS).format_help()
     for experiment_flag in ("--sweep", "--study", "--quick", "--wc-", "--s-se", "--ft-"):
         assert experiment_flag not in text
 
@@ -237,7 +246,8 @@ def test_a_base_cached_before_the_atoms_were_reweighted_is_not_reused(tmp_path, 
 
 def test_cached_base_evaluation_is_not_reused_for_a_different_evaluation_level(tmp_path, base_dir, monkeypatch):
     run(tmp_path / "a", base_dir, "--steps", "1")  # evaluates the base on mix3 and ood4, and caches it
-    monkeypatch.setattr(nanorgra, "RL_LEVEL", "mix2")  # as if the RL level had been changed
+    for module in (nanorgra, rundir):  # as if the RL level had been changed in data/tasks.py
+        monkeypatch.setattr(module, "RL_LEVEL", "mix2")
     run(tmp_path / "b", base_dir, "--steps", "1")
     base_row = read_jsonl(tmp_path / "b" / "eval.jsonl")[0]
     assert base_row["step"] == -1 and "mix2" in base_row
@@ -246,12 +256,12 @@ def test_cached_base_evaluation_is_not_reused_for_a_different_evaluation_level(t
 def test_step_accuracy_poses_each_atom_alone_and_scores_the_number_written_per_kind(monkeypatch):
     seen = []
 
-    def oracle(model, tok, prompts, k, temperature, max_new_tokens, device):  # right, except for every product
+    def oracle(model, tok, prompts, how):  # right, except for every product
         seen.extend(prompts)
         return ["A:" + (str(tasks.evaluate(p[2:-1])) if "*" not in p else "-1") for p in prompts], None
 
     monkeypatch.setattr(nanorgra, "sample_texts", oracle)
-    acc = nanorgra.step_accuracy(None, None, "mix3", 72, "cpu")
+    acc = nanorgra.step_accuracy(None, None, "mix3", 72)
     assert acc == {k: (0.0 if "*" in k else 1.0) for k in STEP_KINDS}
     atoms = tasks.atom_check_steps("mix3")
     assert seen == [f"Q:{expr}\n" for facts in atoms.values() for expr in facts]
@@ -341,10 +351,10 @@ def test_resume_after_ctrl_c_repeats_the_uninterrupted_run_exactly(tmp_path, sta
 
     rl_step = nanorgra.rl_step
 
-    def ctrl_c_during_step_2(policy, ref, opt, tok, args, step, device):
+    def ctrl_c_during_step_2(policy, ref, opt, tok, args, step):
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)  # a user's Ctrl-C while step 2 runs
-        return rl_step(policy, ref, opt, tok, args, step, device)
+        return rl_step(policy, ref, opt, tok, args, step)
 
     monkeypatch.setattr(nanorgra, "rl_step", ctrl_c_during_step_2)
     summary, _ = run(tmp_path / "b", stand_in_bases)
@@ -363,10 +373,10 @@ def test_resume_after_a_crash_redoes_the_steps_after_the_last_checkpoint(tmp_pat
 
     rl_step = nanorgra.rl_step
 
-    def crash_in_step_3(policy, ref, opt, tok, args, step, device):
+    def crash_in_step_3(policy, ref, opt, tok, args, step):
         if step == 3:
             raise KeyboardInterrupt  # a second Ctrl-C, or the machine going away
-        return rl_step(policy, ref, opt, tok, args, step, device)
+        return rl_step(policy, ref, opt, tok, args, step)
 
     monkeypatch.setattr(nanorgra, "rl_step", crash_in_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -407,9 +417,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     state = {"step": None, "weights": {}}
     rl_step, rl_loss = nanorgra.rl_step, nanorgra.rl_loss
 
-    def tracking_rl_step(policy, ref, opt, tok, args, step, device):
+    def tracking_rl_step(policy, ref, opt, tok, args, step):
         state["step"] = step
-        row = rl_step(policy, ref, opt, tok, args, step, device)
+        row = rl_step(policy, ref, opt, tok, args, step)
         state["weights"][step] = {k: v.clone() for k, v in policy.state_dict().items()}
         return row
 

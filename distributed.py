@@ -1,0 +1,160 @@
+"""
+distributed.py: one run over several processes with torchrun, and the same calls as no-ops in one
+process.
+
+    torchrun --standalone --nproc_per_node=2 nanorgra.py          # 2 processes on one machine (CPU:
+    gloo)
+    torchrun --standalone --nproc_per_node=8 nanorgra.py          # 8 GPUs, one process each (NCCL)
+
+torchrun starts the script once per process and tells each its rank (RANK, WORLD_SIZE, LOCAL_RANK in
+the environment). setup_device() joins them into one process group; the functions below are the only
+places that talk across processes. Without torchrun there is one process, rank 0 of 1, and every
+function returns its input.
+
+What nanorgra.py splits across ranks, and why the update is the single-process one:
+  - each rank samples and scores a contiguous share of each step's prompts (my_share); the
+  per-prompt seeds are
+    drawn for the whole step first, so a prompt's samples do not depend on the rank that draws them;
+  - the rewards are gathered (gather_rows), so every rank computes the advantages of the whole
+  batch;
+  - every rank draws the same minibatches over the whole batch, computes the loss of its own rows
+  with the
+    whole minibatch's denominators, and the gradients are summed (sum_gradients_over_ranks): the sum
+    of the ranks' gradients is the gradient of the whole minibatch, so every rank takes the same
+    optimizer step. Only the order of the floating-point additions differs from one process
+    (tests/test_distributed.py).
+  - evaluations: every rank samples its share of the test prompts and the texts are gathered
+  (gather_objects);
+  - the warm start runs on rank 0, which caches it; the other ranks wait and load it
+  (rundir.cached_model).
+"""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from model import pick_device
+
+# A rank waits at most this long for the others (rank 0 alone trains the warm start, which takes
+# minutes).
+TIMEOUT = datetime.timedelta(hours=2)
+
+
+def setup_device(args):
+    """The device this process computes on, after --threads; under torchrun, its rank's device
+    (CUDA: the GPU numbered LOCAL_RANK), and the process group joined: NCCL on CUDA, gloo on CPU."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if "RANK" not in os.environ:  # started without torchrun: one process
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not is_distributed():  # joined once, although train() may run twice in one process
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return device
+
+
+def teardown():
+    """Leave the process group (at the end of a torchrun job)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def processes_started():
+    """How many processes torchrun started (WORLD_SIZE; 1 without it), known before they join."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank():
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def my_share(items):
+    """This rank's contiguous share of items (all of them in one process). Ranks get equal shares
+    when len(items) is a multiple of the world size, which flags.py checks for the prompts of a
+    step."""
+    n, r, w = len(items), rank(), world_size()
+    return items[r * n // w:(r + 1) * n // w]
+
+
+def _comm_device():
+    """Where collective tensors must live: the GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(tensor):
+    """Every rank's tensor, concatenated along dim 0 in rank order (all ranks' shapes must be
+    equal)."""
+    if not is_distributed():
+        return tensor
+    local = tensor.to(_comm_device())
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(tensor.device)
+
+
+def gather_objects(items):
+    """Every rank's list, concatenated in rank order (any picklable items, any lengths)."""
+    if not is_distributed():
+        return list(items)
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
+
+
+def sum_over_ranks(values, op="sum"):
+    """A dict of numbers (floats, ints or 0-d tensors) added (op="sum") or maxed (op="max") over the
+    ranks, as floats."""
+    names = list(values)
+    flat = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+    if is_distributed():
+        flat = flat.to(_comm_device())
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return dict(zip(names, flat.tolist()))
+
+
+def sum_gradients_over_ranks(model):
+    """Each parameter's gradient replaced by its sum over the ranks (a rank with no rows adds
+    zeros)."""
+    if not is_distributed():
+        return
+    params = list(model.parameters())
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = torch.cat([g.flatten() for g in grads]).to(_comm_device())  # one message, not one each
+    dist.all_reduce(flat)
+    for p, part in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = part.view_as(p).to(p.device)
+
+
+def agree(value):
+    """Rank 0's value, on every rank: for a decision that must be the same everywhere (is a file
+    cached?)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier():
+    """Wait until every rank gets here."""
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,160 @@
+"""
+flags.py: the command line of nanorgra.py. One flag per setting of a run (RUN_FLAGS, below) and one
+per field of the LossConfig (made from the fields: their help and allowed values are the fields'
+metadata), checked here so that a value that cannot work stops the run at start-up, naming its flag,
+before anything is written.
+
+    args = parse_args(nanorgra.PRESETS, ["--preset", "grpo", "--mu", "2"])
+    args.loss    # the preset with the given switches on top: replace(PRESETS["grpo"], mu=2, ...)
+"""
+
+import argparse
+import math
+from dataclasses import fields, replace
+from typing import NamedTuple
+
+from data.tasks import RL_LEVEL, TEST_SET_SIZE, load_test_set, worked_solution
+from distributed import processes_started
+
+
+class Flag(NamedTuple):
+    """A setting of a run: its flag, its default (whose type is the flag's type), its help, and the
+    values it allows: a finite number > above or >= at_least (None: any value)."""
+    name: str
+    default: object
+    help: str
+    above: float | None = None
+    at_least: float | None = None
+
+
+RUN_FLAGS = {
+    "run": [
+        Flag("--seed", 0, "seed of the RL run"),
+        Flag("--steps", 60, "RL steps", at_least=1),
+        Flag("--lr", 1e-4, "RL lr", above=0),
+        Flag("--threads", 0, "CPU threads for torch, 0 = default", at_least=0),
+        Flag("--ckpt-every", 10, "steps between saves", at_least=1),
+    ],
+    "warm start": [
+        Flag("--base-seed", 0, "seed of the warm start"),
+        Flag("--n-layer", 4, "transformer blocks", at_least=1),
+        Flag("--n-head", 4, "attention heads", at_least=1),
+        Flag("--n-embd", 128, "width", at_least=1),
+        Flag("--warm-batch", 64, "examples per step", at_least=1),
+        Flag("--skill-steps", 2500, "steps of the skills stage", at_least=0),
+        Flag("--skill-lr", 3e-3, "its peak lr", above=0),
+        Flag("--habit-steps", 400, "steps of the habits stage", at_least=0),
+        Flag("--habit-lr", 1e-3, "its peak lr", above=0),
+    ],
+    "sampling": [
+        Flag("--prompts", 16, "prompts per RL step", at_least=1),
+        Flag("--group", 8, "completions per prompt, G", at_least=1),
+        Flag("--temperature", 1.0, "also in the loss", above=0),
+        Flag("--max-new-tokens", 72, "completion budget", at_least=1),
+    ],
+    "evaluation": [
+        Flag("--eval-every", 20, "RL steps between evaluations", at_least=1),
+        Flag("--eval-n", 500, "test problems for greedy accuracy", at_least=1),
+        Flag("--pass-n", 100, "test problems for pass@k", at_least=1),
+        Flag("--pass-k", 64, "largest k of the pass@k curve, k = 1, 2, 4, ...", at_least=1),
+    ],
+}
+
+
+def build_parser(presets):
+    """The parser: the run's flags, then one flag per field of the presets' LossConfig, whose
+    default is None
+    (None: the preset's value)."""
+    description = "Warm start, then GRPO / RGRA with every loss component a switch."
+    epilog = "presets: " + "; ".join(f"{name}: {config}" for name, config in presets.items())
+    p = argparse.ArgumentParser(description=description, epilog=epilog)
+    a = p.add_argument_group("run")
+    a.add_argument("--preset", default="rgra", choices=list(presets),
+                   help="named set of loss switches (rgra)")
+    a.add_argument("--out-dir", default=None,
+                   help="run directory (default: runs/<preset>-seed<seed>)")
+    either = a.add_mutually_exclusive_group()
+    either.add_argument("--resume", action="store_true",
+                        help="continue the run in --out-dir from its checkpoint")
+    either.add_argument("--overwrite", action="store_true",
+                        help="delete the run in --out-dir and start again")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda, mps, cpu")
+    a.add_argument("--base-dir", default="runs/bases",
+                   help="cache of warm-start checkpoints (runs/bases)")
+    for group, flags in RUN_FLAGS.items():
+        a = p.add_argument_group(group) if group != "run" else a
+        for flag in flags:
+            a.add_argument(flag.name, type=type(flag.default), default=flag.default,
+                           help=f"{flag.help} ({flag.default})")
+    add_switches(p, presets["rgra"])
+    return p
+
+
+def add_switches(parser, default_config):
+    """One flag per field of the LossConfig; a bool field gets --name and --no-name."""
+    title = "loss switches (default: the preset's; README.md names each in TRL and verl)"
+    a = parser.add_argument_group(title)
+    for f in fields(default_config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
+        text = f"{f.metadata['help']} (rgra: {getattr(default_config, f.name)})"
+        a.add_argument(flag, default=None, choices=f.metadata["choices"], help=text, **kind)
+
+
+def check_run_flag(flag, value):
+    """The problem with value for flag (a Flag), or None if it is allowed."""
+    if flag.above is not None and not (math.isfinite(value) and value > flag.above):
+        return f"{flag.name} must be a finite number > {flag.above}, got {value}"
+    if flag.at_least is not None and not (math.isfinite(value) and value >= flag.at_least):
+        return f"{flag.name} must be a finite number >= {flag.at_least}, got {value}"
+    return None
+
+
+def run_problems(args):
+    """The problems with the run's settings taken together (None: none), the LossConfig's apart."""
+    loss = args.loss
+    needs_group = loss.std_norm or loss.baseline != "none" or loss.objective == "raft"
+    if args.group < 2 and needs_group:
+        return (f"--group must be >= 2 with a group baseline, std normalisation or raft, "
+                f"got {args.group}")
+    if args.n_embd % args.n_head:
+        return f"--n-embd ({args.n_embd}) must be a multiple of --n-head ({args.n_head})"
+    if max(args.eval_n, args.pass_n) > TEST_SET_SIZE:
+        return f"--eval-n and --pass-n must be <= {TEST_SET_SIZE}, the size of a test set"
+    need = sorted(len(worked_solution(p.expr)) + 1 for p in load_test_set(RL_LEVEL))  # EOS too
+    if args.max_new_tokens < need[0]:  # then no careful sample could ever be right
+        return (f"--max-new-tokens {args.max_new_tokens} is shorter than every careful {RL_LEVEL} "
+                f"solution ({need[0]} to {need[-1]} tokens with EOS)")
+    if args.prompts % processes_started():
+        return (f"--prompts ({args.prompts}) must be a multiple of the number of processes "
+                f"({processes_started()})")
+    return None
+
+
+def parse_args(presets, argv=None):
+    """The command line as a namespace whose .loss is the preset with the given switches on top. A
+    value that cannot work stops here with exit status 2 and a message naming its flag and what it
+    allows."""
+    parser = build_parser(presets)
+    args = parser.parse_args(argv)
+    switches = [f.name for f in fields(presets["rgra"])]
+    given = {name: getattr(args, name) for name in switches if getattr(args, name) is not None}
+    for name in switches:
+        delattr(args, name)
+    for flag in [f for flags in RUN_FLAGS.values() for f in flags]:
+        problem = check_run_flag(flag, getattr(args, flag.name[2:].replace("-", "_")))
+        if problem:
+            parser.error(problem)
+    given = {"agg_constant": float(args.max_new_tokens), **given}  # Dr. GRPO's constant: the budget
+    try:
+        args.loss = replace(presets[args.preset], **given)
+    except ValueError as e:  # a SwitchError of the LossConfig: e.switch names the field
+        if not hasattr(e, "switch"):
+            raise
+        parser.error(f"--{e.switch.replace('_', '-')} {e.problem}")
+    problem = run_problems(args)
+    if problem:
+        parser.error(problem)
+    args.out_dir = args.out_dir or f"runs/{args.preset}-seed{args.seed}"
+    return args

@@ -1,0 +1,364 @@
+"""
+rundir.py: what a run keeps on disk, and how nothing of it is lost. nanorgra.py calls it; none of it
+is the algorithm.
+
+A run directory (runs/<preset>-seed<seed>/ by default) holds:
+    config.json     the run's settings; --resume refuses other settings
+    metrics.jsonl   one row per RL step (nanorgra.step_metrics)
+    eval.jsonl      the evaluations: the base (step -1), during the run, and at the end
+    ckpt.pt         the policy and the optimizer after the last saved step
+    summary.json    base -> trained, written at the end, and run.png, its plot
+
+Rules: a used directory is refused unless --resume (go on from ckpt.pt; the rows after it are
+dropped and redone) or --overwrite (start again); every file is written whole or not at all (a
+temporary file, then a rename); a damaged checkpoint or cache is named in a one-line error that says
+what to do; the first Ctrl-C finishes the step, saves and stops. Under torchrun only rank 0 writes;
+every rank reads.
+
+Also here: the caches of the warm-start stages and of the base's evaluation, and what a user sees
+(the progress bar, the summary table, the plot).
+"""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import tempfile
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.tasks import OOD_LEVEL, RL_LEVEL
+from distributed import agree, barrier, rank, sum_over_ranks
+from verifier import STYLE_NAMES
+
+# -----------------------------------------------------------------------------
+# Files written whole or not at all
+
+
+def write_atomic(path, data):
+    """Write data (str or bytes) to path through a temporary file and os.replace, so that a crash
+    never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_atomic(obj, path):
+    """torch.save, written atomically: a crash never leaves a half-written checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def save_figure(fig, path):
+    """A matplotlib Figure as a PNG, written atomically: never a half-written plot."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path, device, what_to_do):
+    """torch.load, or for a damaged file (truncated, or not a checkpoint) a one-line exit naming
+    it."""
+    try:
+        return torch.load(path, map_location=device)
+    except Exception as e:  # torch raises one of several types on a damaged file
+        first_line = str(e).splitlines()[0][:80]
+        damage = f"{type(e).__name__}: {first_line}"
+        raise SystemExit(f"{path} is damaged ({damage}); {what_to_do}") from None
+
+
+def append_jsonl(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path):
+    """The rows of a JSONL file ([] if there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def truncate_jsonl(path, last_step):
+    """Keep the rows up to last_step: what a resumed run will write again is removed first."""
+    if path.exists():
+        kept = [row for row in read_jsonl(path) if row["step"] <= last_step]
+        write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+# -----------------------------------------------------------------------------
+# Caches: computed once, then read. Under torchrun rank 0 decides whether the cache is there, for
+# every rank.
+
+
+def cached_json(path, make):
+    """The JSON at path, or make() written there first (by rank 0; under torchrun every rank calls
+    make(), which may be a collective computation such as an evaluation)."""
+    path = Path(path)
+    if not agree(path.exists()):
+        value = make()
+        if rank() == 0:
+            write_atomic(path, json.dumps(value))
+        return json.loads(json.dumps(value))  # the same types as when it is read back
+    return json.loads(path.read_text())
+
+
+def cached_model(model, path, train, what, log):
+    """Load model's weights from path, or call train() and save the weights there. Under torchrun
+    rank 0 trains and saves while the other ranks wait, then they load what it saved. what: "skills
+    (2500 steps)"."""
+    cached = agree(path.exists())
+    if not cached and rank() == 0:
+        t0 = time.time()
+        train()
+        seconds = time.time() - t0
+        save_atomic({"model": model.state_dict(), "seconds": seconds}, path)
+        log(f"warm start: trained {what} in {seconds:.0f}s, saved {path}")
+    barrier()
+    if cached or rank() != 0:
+        ckpt = load_checkpoint(path, model.device, "delete it and this stage is trained again")
+        model.load_state_dict(ckpt["model"])
+        log(f"warm start: loaded {path}")
+
+
+# -----------------------------------------------------------------------------
+# The run directory
+
+RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "ckpt.pt", "summary.json", "run.png")
+
+
+def run_settings(args):
+    """The run's settings as config.json holds them: JSON values, without --resume and
+    --overwrite."""
+    settings = {k: asdict(v) if is_dataclass(v) else v for k, v in vars(args).items()
+                if k not in ("resume", "overwrite")}
+    return json.loads(json.dumps(settings))
+
+
+class StopFlag:
+    """Set by the first Ctrl-C; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.asked = False
+
+    def on_ctrl_c(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("\nCtrl-C: finishing this step, saving a checkpoint, then exiting "
+              "(Ctrl-C again to abort)")
+
+    def requested(self):
+        """Whether a stop was asked for on any rank: the same answer everywhere, so all ranks stop
+        together."""
+        return sum_over_ranks(dict(asked=self.asked), op="max")["asked"] > 0
+
+
+class RunDir:
+    """The files of one run. Made before the warm start, so that a run that would be refused stops
+    at once."""
+
+    def __init__(self, args, device, log=print):
+        self.args, self.dir, self.device = args, Path(args.out_dir), device
+        self.writes = rank() == 0
+        self.log = log if self.writes else (lambda *a, **k: None)
+        self.step, self.saved = None, None  # the step in progress, the last one saved
+        now = run_settings(args)
+        held = [name for name in RUN_FILES if (self.dir / name).exists()]
+        if args.resume and not (self.dir / "ckpt.pt").exists():
+            raise SystemExit(f"--resume: no checkpoint at {self.dir / 'ckpt.pt'}, "
+                             f"so nothing to resume")
+        saved = json.loads((self.dir / "config.json").read_text()) if args.resume else now
+        changed = {k: (saved.get(k), now.get(k)) for k in saved.keys() | now.keys()
+                   if saved.get(k) != now.get(k)}
+        if changed:
+            raise SystemExit(f"--resume: the settings differ from {self.dir / 'config.json'} "
+                             f"(saved, now): {changed}")
+        if held and not (args.resume or args.overwrite):
+            raise SystemExit(f"{self.dir} already holds a run ({', '.join(held)}): continue it "
+                             f"with --resume, replace it with --overwrite, or pass another "
+                             f"--out-dir")
+        self.ckpt = None
+        if args.resume:
+            what_to_do = "start again with --overwrite"
+            self.ckpt = load_checkpoint(self.dir / "ckpt.pt", device, what_to_do)
+
+    def start(self, policy, opt):
+        """The first step to run. A resumed run loads the checkpoint's policy and optimizer and
+        drops the log rows after it; a fresh run clears the directory (only --overwrite finds files
+        there) and writes config.json."""
+        if self.ckpt is not None:
+            policy.load_state_dict(self.ckpt["model"])
+            opt.load_state_dict(self.ckpt["opt"])
+            self.saved = self.ckpt["step"]
+            if self.writes:
+                for name in ("metrics.jsonl", "eval.jsonl"):
+                    truncate_jsonl(self.dir / name, self.saved)
+            self.log(f"resumed {self.dir} after step {self.saved}")
+            return self.saved + 1
+        if self.writes:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES:
+                (self.dir / name).unlink(missing_ok=True)
+            write_atomic(self.dir / "config.json", json.dumps(run_settings(self.args), indent=1))
+        self.saved = -1
+        return 0
+
+    def steps(self, first_step):
+        """The RL steps from first_step on, with a progress bar."""
+        self.bar = progress(range(first_step, self.args.steps), f"RL {self.args.preset}",
+                            initial=first_step, total=self.args.steps)
+        for step in self.bar:
+            self.step = step
+            yield step
+
+    def log_step(self, row):
+        if self.writes:
+            append_jsonl(self.dir / "metrics.jsonl", row)
+        self.bar.set_postfix(reward=f"{row['reward']:.2f}", len=f"{row['resp_len']:.0f}")
+
+    def log_eval(self, step, ev):
+        """An evaluation after step (-1: the base). It replaces any row of its step or later: a
+        resumed run redoes them."""
+        if self.writes:
+            truncate_jsonl(self.dir / "eval.jsonl", step - 1)
+            append_jsonl(self.dir / "eval.jsonl", dict(step=step, **ev))
+        accuracies = ", ".join(f"{level} acc {v['acc']:.3f}" for level, v in ev.items())
+        self.log(f"eval @ step {step}: {accuracies}")
+
+    def save_checkpoint(self, policy, opt, step):
+        if self.writes:
+            state = {"model": policy.state_dict(), "opt": opt.state_dict(), "step": step}
+            save_atomic(state, self.dir / "ckpt.pt")
+        self.saved = step
+
+    @contextlib.contextmanager
+    def stop_on_ctrl_c(self):
+        """Yields a StopFlag that the first Ctrl-C sets; the previous Ctrl-C handler is restored
+        after."""
+        flag = StopFlag()
+        previous = signal.signal(signal.SIGINT, flag.on_ctrl_c)
+        try:
+            yield flag
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextlib.contextmanager
+    def stop_on_non_finite(self):
+        """A non-finite loss or gradient (learn() raises FloatingPointError) stops the run with a
+        message; the last good checkpoint is left as it was."""
+        try:
+            yield
+        except FloatingPointError as e:
+            raise SystemExit(f"stopping at step {self.step}: {e}. The last good checkpoint, "
+                             f"{self.dir / 'ckpt.pt'} (step {self.saved}), was not touched. "
+                             f"Try a lower --lr.") from None
+
+    def finish(self, base_path):
+        """summary.json and run.png, from the logs; the summary (on every rank)."""
+        if self.writes:
+            rows = read_jsonl(self.dir / "metrics.jsonl")
+            evals = read_jsonl(self.dir / "eval.jsonl")
+            smoothed = ("reward", "kl", "entropy", "resp_len")
+            last_steps = {key: mean_of_last(rows, key) for key in smoothed}
+            times = {key: sum(r[key] for r in rows) for key in ("t_sample", "t_score", "t_learn")}
+            summary = dict(base=evals[0], final=evals[-1], steps=len(rows),
+                           base_path=str(base_path), last_steps=last_steps, times=times)
+            write_atomic(self.dir / "summary.json", json.dumps(summary, indent=1))
+            plot_run(self.dir, rows, evals)
+        barrier()
+        return json.loads((self.dir / "summary.json").read_text())
+
+
+def mean_of_last(rows, key, n=5):
+    """The mean of key over the last n rows (smoothed for the summary), None where it is not
+    logged."""
+    if rows[-1][key] is None:
+        return None
+    return float(np.mean([row[key] for row in rows[-n:]]))
+
+
+# -----------------------------------------------------------------------------
+# What a user sees
+
+
+def progress(iterable, desc, **kwargs):
+    """A tqdm progress bar on rank 0 (off where the output is not a terminal, and on other
+    ranks)."""
+    return tqdm(iterable, desc=desc, disable=None if rank() == 0 else True, **kwargs)
+
+
+def print_summary(summary, run_dir, seconds):
+    """The base -> trained table, the styles of the greedy outputs, and where the time went."""
+    base, final = summary["base"], summary["final"]
+    lines = [summary_table(base, final), style_line(base, final),
+             time_line(summary["times"], run_dir, seconds)]
+    print("\n".join(lines))
+
+
+def summary_table(base, final):
+    """One row per number evaluated at the start and at the end: accuracy, length, the atoms,
+    pass@k."""
+    rows = [(f"{level} greedy accuracy", base[level]["acc"], final[level]["acc"])
+            for level in (RL_LEVEL, OOD_LEVEL)]
+    rows.append((f"{RL_LEVEL} length (tokens)", base[RL_LEVEL]["len"], final[RL_LEVEL]["len"]))
+    for kind, before in base[RL_LEVEL]["steps"].items():  # the atoms, each posed alone
+        rows.append((f"{RL_LEVEL} step, {kind}", before, final[RL_LEVEL]["steps"][kind]))
+    for k, before in base[RL_LEVEL]["pass@k"].items():
+        rows.append((f"{RL_LEVEL} pass@{k}", before, final[RL_LEVEL]["pass@k"][k]))
+    lines = [f"{'':>28} {'base':>8} {'trained':>8}"]
+    lines += [f"{name:>28} {before:8.3f} {after:8.3f}" for name, before, after in rows]
+    return "\n".join(lines)
+
+
+def style_line(base, final):
+    changes = [f"{style} {n} -> {final[RL_LEVEL]['styles'][style]}"
+               for style, n in base[RL_LEVEL]["styles"].items()]
+    return f"{RL_LEVEL} greedy outputs by solution style, base -> trained: " + ", ".join(changes)
+
+
+def time_line(times, run_dir, seconds):
+    return (f"RL time: sampling {times['t_sample']:.0f}s, scoring {times['t_score']:.0f}s, "
+            f"learning {times['t_learn']:.0f}s; whole job {seconds:.0f}s; "
+            f"plot {run_dir / 'run.png'}")
+
+
+def plot_run(run_dir, rows, evals):
+    """run.png: batch reward, held-out greedy accuracy, response length and the styles of the
+    samples, per step."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    x = [r["step"] + 1 for r in rows]
+    x_eval = [e["step"] + 1 for e in evals]
+    panels = {
+        "batch reward (samples at T=1)": {"": (x, [r["reward"] for r in rows])},
+        "greedy accuracy": {level: (x_eval, [e[level]["acc"] for e in evals])
+                            for level in (RL_LEVEL, OOD_LEVEL)},
+        "response length (tokens)": {"": (x, [r["resp_len"] for r in rows])},
+        "share of the sampled completions": {s: (x, [r["styles"][s] for r in rows])
+                                             for s in STYLE_NAMES},
+    }
+    fig = Figure((11, 7), layout="tight")
+    for ax, (ylabel, curves) in zip(fig.subplots(2, 2).flat, panels.items()):
+        for label, (xs, ys) in curves.items():
+            ax.plot(xs, ys, label=label or None, marker="o" if len(xs) < 20 else None)
+        ax.set(xlabel="RL steps done", ylabel=ylabel)
+        if len(curves) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(str(run_dir))
+    save_figure(fig, run_dir / "run.png")

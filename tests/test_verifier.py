@@ -1,4 +1,5 @@
-"""The verifier: first-marker answers compared as strings, an exact step checker, and no exception on any text."""
+"""The verifier: first-marker answers compared as strings, an exact step checker, and no exception
+on any text."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -39,7 +40,8 @@ def assert_scores_cleanly(text, format_reward):
     assert result["correct"] == (result["answer"] == "19")
     check = check_steps(text, P.expr)
     assert isinstance(check.steps_true, bool) and isinstance(check.computes_expr, bool)
-    assert (check.error is None) == (check.steps_true and check.computes_expr) == (check.error_kind is None)
+    sound = check.steps_true and check.computes_expr
+    assert (check.error is None) == sound == (check.error_kind is None)
     assert check.error_kind is None or check.error_kind in ERROR_KINDS
 
 
@@ -56,18 +58,24 @@ def test_text_over_the_vocabulary_never_raises(text, format_reward):
 
 
 step_line = st.from_regex(r"-?[0-9]{1,3}[+\-*]-?[0-9]{1,3}=-?[0-9]{1,4}", fullmatch=True)
-known_step = st.sampled_from(worked_solution(P.expr).split("\n")[:-1] + ["12-5=7", "12+7=19", "3*4=13"])
+known_step = st.sampled_from(
+    worked_solution(P.expr).split("\n")[:-1] + ["12-5=7", "12+7=19", "3*4=13"]
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(step_line, known_step), max_size=5), st.from_regex(r"A:-?[0-9]{0,3}", fullmatch=True))
+@given(
+    st.lists(st.one_of(step_line, known_step), max_size=5),
+    st.from_regex(r"A:-?[0-9]{0,3}", fullmatch=True),
+)
 def test_step_shaped_text_never_raises(lines, answer_line):
     assert_scores_cleanly("\n".join(lines + [answer_line]), 0.0)
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "A:", "A:-", "A:--5", "-", "\n\n", "A:\n", "é", "A:١٩", "A:１９", "\x00A:19", "A:" + "9" * 5000,
+    ["", "A:", "A:-", "A:--5", "-", "\n\n", "A:\n", "é", "A:١٩", "A:１９", "\x00A:19",
+     "A:" + "9" * 5000,
      "9" * 5000 + "+1=1\nA:19", "3*4=" + "1" * 60 + "\nA:19", "<|eos|>", "A:19<|eos|>"],
 )
 def test_hand_picked_odd_texts_never_raise(text):
@@ -132,7 +140,8 @@ def test_format_reward_is_off_by_default():
 
 @pytest.mark.parametrize(
     "text, reward",
-    [("A:19", 1.1), ("3*4=12\nA:19\n", 1.1), ("A:18", 0.1), ("xA:19", 1.0), ("A:19x", 1.0), ("A:", 0.0), ("", 0.0)],
+    [("A:19", 1.1), ("3*4=12\nA:19\n", 1.1), ("A:18", 0.1), ("xA:19", 1.0), ("A:19x", 1.0),
+     ("A:", 0.0), ("", 0.0)],
 )
 def test_format_reward_adds_for_a_well_formed_answer_line(text, reward):
     assert outcome_reward(text, P, format_reward=0.1) == pytest.approx(reward)
@@ -164,7 +173,8 @@ def test_gold_answer_must_be_a_problem_or_an_int(bad):
 def test_canonical_solution_is_sound_and_not_a_false_positive():
     text = worked_solution(P.expr)
     check = check_steps(text, P.expr)
-    assert (check.steps_true, check.computes_expr, check.n_steps, check.error) == (True, True, 3, None)
+    found = (check.steps_true, check.computes_expr, check.n_steps, check.error)
+    assert found == (True, True, 3, None)
     assert not is_false_positive(text, P)
     assert score(text, P) == {
         "answer": "19", "correct": True, "reward": 1.0, "steps_true": True, "computes_expr": True,
@@ -175,7 +185,8 @@ def test_canonical_solution_is_sound_and_not_a_false_positive():
 def test_a_legal_non_canonical_order_is_accepted():
     # 12+12-5: the minus may go first because a+(b-c) == a+b-c.
     assert check_steps("3*4=12\n12-5=7\n12+7=19\nA:19", P.expr).computes_expr
-    # 1+1+1: which "1+1" the first step reduced only shows in the second step; both readings are legal.
+    # 1+1+1: which "1+1" the first step reduced only shows in the second step; both readings are
+    # legal.
     assert check_steps("1+1=2\n1+2=3\nA:3", "1+1+1").computes_expr
     assert check_steps("1+1=2\n2+1=3\nA:3", "1+1+1").computes_expr
 
@@ -286,12 +297,14 @@ def test_first_error_never_raises_and_returns_one_of_the_kinds(text):
 def test_every_style_the_corpus_writes_is_recognised_where_its_text_differs_from_careful(style):
     for p in sample_problems(RL_LEVEL, 1000, np.random.default_rng(5)):
         text = STYLES[style](p.expr)
-        expected = "careful" if style == "left-to-right" and text == worked_solution(p.expr) else style
+        same_as_careful = style == "left-to-right" and text == worked_solution(p.expr)
+        expected = "careful" if same_as_careful else style
         assert solution_style(text, p.expr) == expected, (p.expr, text)
 
 
 @pytest.mark.parametrize("text,style", [
-    ("3*4=13\n12+13=25\n25-5=20\nA:20", "careful"),  # the order is careful; a false step is another matter
+    # the order is careful; a false step is another matter
+    ("3*4=13\n12+13=25\n25-5=20\nA:20", "careful"),
     ("12+3=15\n15*4=61\n61-5=56\nA:56", "left-to-right"),
     ("12+3*4=25\n25-5=20\nA:20", "shortcut"),
     ("A:7", "bare"),

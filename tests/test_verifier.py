@@ -17,6 +17,7 @@ from verifier import (
     has_answer_line,
     is_false_positive,
     outcome_reward,
+    reasoning_kind,
     score,
     solution_style,
 )
@@ -27,7 +28,8 @@ def problem(expr):
 
 
 P = problem("12+3*4-5")  # answer 19
-SCORE_KEYS = {"answer", "correct", "reward", "steps_true", "computes_expr", "false_positive"}
+SCORE_KEYS = {"answer", "correct", "reward", "steps_true", "computes_expr", "reasoning",
+              "false_positive"}
 
 # ----------------------------------------------------------------------------
 # Never raises
@@ -178,7 +180,7 @@ def test_canonical_solution_is_sound_and_not_a_false_positive():
     assert not is_false_positive(text, P)
     assert score(text, P) == {
         "answer": "19", "correct": True, "reward": 1.0, "steps_true": True, "computes_expr": True,
-        "false_positive": False,
+        "reasoning": "sound", "false_positive": False,
     }
 
 
@@ -217,7 +219,6 @@ def test_subtraction_reduced_against_its_left_minus_is_illegal():
 @pytest.mark.parametrize(
     "text, error_part",
     [
-        ("A:19", "stop before"),  # a bare right answer
         ("3*4=12\nA:19", "stop before"),  # stops early
         ("3*4=12\n12+12=24\n24-5=19\n19+0=19\nA:19", "line 4"),  # one step too many
         ("19*1=19\nA:19", "line 1"),  # true steps about another expression
@@ -232,6 +233,14 @@ def test_right_answers_with_incomplete_or_malformed_steps_are_false_positives(te
     assert not (check.steps_true and check.computes_expr)
     assert error_part in check.error
     assert is_false_positive(text, P) == (extract_answer(text) == "19")
+
+
+def test_a_bare_right_answer_shows_no_reasoning_and_is_no_false_positive():
+    check = check_steps("A:19", P.expr)
+    assert not check.computes_expr and "stop before" in check.error  # it has no steps
+    assert reasoning_kind("A:19", P) == "no reasoning"
+    assert not is_false_positive("A:19", P)
+    assert score("A:19", P)["reasoning"] == "no reasoning"
 
 
 def test_steps_ending_at_a_different_number_than_the_answer_line_do_not_compute_it():

@@ -110,7 +110,7 @@ def outcome_reward(text, problem_or_answer, format_reward=FORMAT_REWARD):
 # level, ood4, has 5 operations); refusing them keeps checking cheap.
 MAX_STEP_DIGITS = 50
 MAX_STEP_OPS = 10
-# A line of MAX_STEP_OPS operations: MAX_STEP_OPS + 2 signed numbers, the operators and "=".
+# A line within both bounds is no longer: MAX_STEP_OPS + 2 signed numbers, the operators and "=".
 _MAX_STEP_CHARS = (MAX_STEP_OPS + 2) * (MAX_STEP_DIGITS + 2)
 _SIGNED = r"-?[0-9]+"  # intermediate results can be negative: "3-8=-5" then "-5+4=-1"
 _STEP = re.compile(rf"({_SIGNED})((?:[+\-*]{_SIGNED})+)=({_SIGNED})")
@@ -321,8 +321,9 @@ def solution_style(text, expr):
       "other"          anything else: no answer, a line that is no step, operands from nowhere, an
                        order precedence does not allow, stopping early
     Where precedence does not change the order, careful and left-to-right texts are the same text:
-    careful. Values are taken as written, so a careful solution with a false step is still careful,
-    and solution_style is "careful" or "shortcut" exactly when check_steps finds the order right."""
+    careful. Values are taken as written, so a careful solution with a false step is still careful.
+    The lines are replayed as check_steps replays them, so a text is "careful" or "shortcut" exactly
+    when its steps carry the expression down to one number there."""
     if not isinstance(text, str) or ANSWER_MARKER not in text:
         return "other"
     before = text[: text.find(ANSWER_MARKER)]
@@ -434,8 +435,9 @@ def first_error(text, problem):
 
 
 def score(text, problem, format_reward=FORMAT_REWARD):
-    """What the verifier says about one completion, in one dict. The tests and the notebook read it;
-    training logs only outcome_reward and solution_style (nanorgra.score_batch)."""
+    """What the verifier says about one completion, in one dict, for the tests and the notebook.
+    Training and evaluation (nanorgra.py) do not call it: they use outcome_reward and
+    solution_style."""
     check = check_steps(text, problem.expr)
     kind = reasoning_kind(text, problem)
     return {

@@ -40,7 +40,8 @@ from data.tasks import HABITS, LEVELS, OOD_LEVEL, RL_LEVEL, SKILLS, STEP_KINDS, 
 from data.tokenizer import get_tokenizer
 from distributed import gather_objects, gather_rows, my_share, rank, setup_device, \
     sum_gradients_over_ranks, sum_over_ranks, teardown
-from model import GPT, GPTConfig, Rollout, autocast, completion_logprobs, generate, pack
+from model import GPT, GPTConfig, Rollout, autocast, completion_logprobs, generate, pack, \
+    PACK_LEN, pack_rows, packed_logprobs
 from verifier import FORMAT_REWARD, STYLE_NAMES, outcome_reward, solution_style
 
 # -----------------------------------------------------------------------------
@@ -523,10 +524,6 @@ def style_shares(styles):
 # win; it does not teach arithmetic.
 
 
-# learn() with A = 1 on every token: the mean cross-entropy of supervised training
-SUPERVISED = replace(PRESETS["sft"], agg="token-mean")
-
-
 class Stage(NamedTuple):
     name: str
     corpus: dict  # level -> (weight, styles), data.tasks.SKILLS or HABITS
@@ -541,12 +538,18 @@ def warm_stages(args):
             Stage("habits", HABITS, args.habit_steps, args.habit_lr, 4))
 
 
-def supervised_step(model, opt, batch, gen):
-    """One step of cross-entropy on given text (a Rollout of prompts and completions): learn() with
-    advantage 1 on every row. Returns learn()'s statistics."""
-    ones = torch.ones(len(batch.tokens), device=batch.tokens.device)
-    exp = Experience(batch, ones, None, 1.0, keep=ones > 0, lengths=batch.mask.sum(1))
-    return learn(model, opt, exp, SUPERVISED, gen)
+def supervised_step(model, opt, batch, grad_clip=1.0):
+    """One step of next-token cross-entropy on the completion tokens of a packed batch (a Packed),
+    every token weighing the same, the gradient norm clipped as in RL. Returns the loss. It is
+    learn() with advantage 1 on every token (the sft preset, token-mean), on packed rows."""
+    with autocast(model.device):
+        logp = packed_logprobs(model, batch)  # (R, T)
+    loss = -logp[batch.loss_mask].mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
 
 
 def stage_lr(stage, step):
@@ -561,14 +564,14 @@ def train_stage(model, tok, stage, args):
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.0, betas=(0.9, 0.95))
     bar = rundir.progress(range(stage.steps), f"warm start, {stage.name}")
     for step in bar:
-        np_rng, gen = step_rngs(args.base_seed, step, stage.stream)
+        np_rng, _ = step_rngs(args.base_seed, step, stage.stream)
         pairs = corpus_examples(stage.corpus, args.warm_batch, np_rng)
         texts = [STYLES[style](p.expr) for p, style in pairs]
-        batch = pack_examples(tok, [p for p, _ in pairs], texts, model.device)
+        batch = packed_examples(tok, [p for p, _ in pairs], texts, model.device)
         for group in opt.param_groups:
             group["lr"] = stage_lr(stage, step)
-        learned = supervised_step(model, opt, batch, gen)
-        bar.set_postfix(loss=f"{learned['loss']:.3f}")
+        loss = supervised_step(model, opt, batch)
+        bar.set_postfix(loss=f"{loss:.3f}")
 
 
 def warm_start(args, tok, device, log=print):
@@ -578,7 +581,8 @@ def warm_start(args, tok, device, log=print):
     config = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd)
     model, path = GPT(config, seed=args.base_seed).to(device), None
-    key = repr((config, args.base_seed, LEVELS, STEP_KINDS, sorted(test_exprs())))  # the draws
+    # what shapes the draws and the arithmetic: the model, the seed, the levels, the rows' layout
+    key = repr((config, args.base_seed, LEVELS, STEP_KINDS, sorted(test_exprs()), PACK_LEN))
     for stage in warm_stages(args):
         if stage.steps == 0:  # a stage of 0 steps is left out
             continue
@@ -696,6 +700,14 @@ def pack_examples(tok, problems, completions, device):
     prompts = [tok.encode(prompt_text(p)) for p in problems]
     targets = [tok.encode(c) + [tok.eos_id] for c in completions]
     return pack(prompts, targets, tok.pad_id, device)
+
+
+def packed_examples(tok, problems, completions, device):
+    """Prompts and given completion texts (EOS appended), several to a row (model.pack_rows): the
+    layout of supervised training, which spends its compute on real tokens, not padding."""
+    examples = [(tok.encode(prompt_text(p)), tok.encode(c) + [tok.eos_id])
+                for p, c in zip(problems, completions)]
+    return pack_rows(examples, tok.pad_id, device)
 
 
 def decode_completions(tok, rollout):

@@ -160,9 +160,8 @@ def finetune(base, tok, kept, study, seed, device):
     losses = []
     for step, idx in enumerate(finetune_order(len(kept), study.ft_steps, study.ft_batch, seed) if kept else []):
         problems, texts = zip(*[kept[i] for i in idx])
-        batch = nanorgra.pack_examples(tok, problems, texts, device)
-        gen = nanorgra.step_rngs(seed, step, STREAMS["order"])[1]
-        losses.append(nanorgra.supervised_step(model, opt, batch, gen)["loss"])
+        batch = nanorgra.packed_examples(tok, problems, texts, device)
+        losses.append(nanorgra.supervised_step(model, opt, batch))
     return model, losses
 
 

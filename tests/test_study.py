@@ -125,11 +125,13 @@ def test_warm_start_exprs_are_exactly_what_both_warm_start_stages_trained_on(tmp
                     "--base-dir", str(tmp_path))
     args.student_base_seed = 3  # one warm start here, so both seeds are the same one
     trained = set()
-    real_pack = nanorgra.pack_examples
+    real_pack = nanorgra.packed_examples
+
     def recording_pack(tok, problems, *rest):
         trained.update(p.expr for p in problems)
         return real_pack(tok, problems, *rest)
-    monkeypatch.setattr(nanorgra, "pack_examples", recording_pack)
+
+    monkeypatch.setattr(nanorgra, "packed_examples", recording_pack)
     nanorgra.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)
     assert len(trained) > 16
     assert study.warm_start_exprs(args) == trained

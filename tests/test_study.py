@@ -18,6 +18,7 @@ from data.tasks import Problem, evaluate, worked_solution
 from data.tokenizer import get_tokenizer
 from experiments import study
 from model import GPT, GPTConfig
+from verifier import false_positive_rate, no_reasoning_share
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--wc-n-layer", "1", "--wc-n-head", "2", "--wc-n-embd",
         "16", "--skill-steps", "3", "--habit-steps", "2", "--warm-batch", "8", "--problems", "4", "--s-se", "2",
@@ -103,16 +104,36 @@ def test_filter_keeps_answer_correct_solutions_with_duplicates_and_false_positiv
     assert kept == [(P1, CANONICAL), (P1, CANONICAL), (P1, OTHER_ORDER), (P1, WRONG_STEP)]
 
 
-def test_false_positive_rate_is_the_share_of_kept_solutions_with_a_wrong_step():
-    assert study.false_positive_rate(PROBLEMS, SAMPLES) == 0.25
-    assert study.false_positive_rate(PROBLEMS, [[CANONICAL, OTHER_ORDER], []]) == 0.0
-    assert math.isnan(study.false_positive_rate([P2], [["A:3"]]))  # nothing kept: no rate
+def fpr_of(problems, samples):
+    return false_positive_rate(study.reasoning_of_kept(problems, samples))
+
+
+def test_false_positive_rate_is_the_share_of_kept_solutions_with_wrong_reasoning():
+    assert fpr_of(PROBLEMS, SAMPLES) == 0.25
+    assert fpr_of(PROBLEMS, [[CANONICAL, OTHER_ORDER], []]) == 0.0
+    assert math.isnan(fpr_of([P2], [["A:3"]]))  # nothing kept: no rate
+
+
+def test_bare_answers_are_counted_apart_from_the_false_positives():
+    """A bare right answer shows no reasoning: it is neither sound nor wrong reasoning."""
+    samples = [[CANONICAL, "A:9", "A:9", WRONG_STEP], []]
+    counts = study.reasoning_of_kept(PROBLEMS, samples)
+    assert (counts["sound"], counts["wrong reasoning"], counts["no reasoning"]) == (1, 1, 2)
+    assert false_positive_rate(counts) == 0.5 and no_reasoning_share(counts) == 0.5
+
+
+def test_the_sound_filter_keeps_only_true_steps_in_an_allowed_order():
+    shortcut = "2*3+4=10\n10-1=9\nA:9"  # two operations at once, in an order precedence allows
+    samples = [[CANONICAL, OTHER_ORDER, WRONG_STEP, "A:9", shortcut, WRONG_ANSWER], []]
+    assert study.keep_sound(PROBLEMS, samples) == [(P1, CANONICAL), (P1, OTHER_ORDER), (P1, shortcut)]
+    assert len(study.kept_data(PROBLEMS, samples, "answer-correct")) == 5
 
 
 def test_data_quality_reads_the_first_k_samples_and_their_tokens():
     tokens = [[10, 20, 30, 40, 50], [1, 2, 3, 4, 5]]
     q = study.data_quality(PROBLEMS, dict(texts=SAMPLES, tokens=tokens), n_params=100, k=2, planned_tokens=5)
     assert (q["samples"], q["kept"], q["coverage"], q["diversity"], q["fpr"]) == (4, 1, 0.5, 0.5, 0.0)
+    assert (q["sound"], q["wrong"], q["bare"], q["bare_share"]) == (1, 0, 0, 0.0)
     assert (q["tokens"], q["flops"], q["planned_flops"]) == (33, 2 * 100 * 33, 2 * 100 * 2 * 2 * 5)
 
 
@@ -158,7 +179,9 @@ def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking(monke
     tok = get_tokenizer()
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32))
     problems = tasks.sample_problems("mix3", 5, np.random.default_rng(0))
-    draw = lambda seed: study.sample_solutions(model, tok, problems, 3, 12, torch.device("cpu"), seed)
+    def draw(seed):
+        return study.sample_solutions(model, tok, problems, 3, 12, seed)
+
     a = draw(0)
     assert [len(t) for t in a["texts"]] == [3] * 5 and all(1 <= n <= 12 for t in a["tokens"] for n in t)
     monkeypatch.setattr(nanorgra, "SAMPLE_ROWS", 6)  # 2 problems of 3 samples a call
@@ -184,10 +207,10 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
     before = {k: v.clone() for k, v in base.state_dict().items()}
     kept = [(p, worked_solution(p.expr)) for p in tasks.sample_problems("mix3", 8, np.random.default_rng(0))]
     settings = study.parse(["--ft-steps", "20", "--ft-batch", "8", "--ft-lr", "1e-2"])[0]
-    tuned, losses = study.finetune(base, tok, kept, settings, seed=0, device=torch.device("cpu"))
+    tuned, losses = study.finetune(base, tok, kept, settings, seed=0)
     assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
-    untouched, none = study.finetune(base, tok, [], settings, seed=0, device=torch.device("cpu"))
+    untouched, none = study.finetune(base, tok, [], settings, seed=0)
     assert none == [] and all(torch.equal(before[k], v) for k, v in untouched.state_dict().items())
 
 
@@ -195,29 +218,39 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
 # The command
 
 
-def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path, monkeypatch):
-    # a stand-in verifier that passes some samples of an untrained model, so that the fine-tunes have data
-    monkeypatch.setattr(study, "outcome_reward", lambda text, p, *a, **k: float(zlib.crc32(text.encode()) % 3 == 0))
+def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path,
+                                                                                       monkeypatch):
+    # a stand-in verifier that passes some samples of an untrained model, so that fine-tunes have data
+    def stand_in(text, p, *a, **k):
+        return float(zlib.crc32(text.encode()) % 3 == 0)
+
+    monkeypatch.setattr(study, "outcome_reward", stand_in)
     study.main(study_argv(tmp_path))
     out = tmp_path / "study"
     results = json.loads((out / "results.json").read_text())
-    assert {"command", "seconds", "params", "ratio", "s_se", "s_wc", "n_problems", "data", "curves", "bases",
-            "rows"} <= set(results)
+    assert {"command", "seconds", "params", "ratio", "s_se", "s_wc", "n_problems", "data", "curves",
+            "bases", "rows", "verdicts"} <= set(results)
     assert results["command"].startswith("python experiments/study.py --quick")
     params = results["params"]
     assert params["wc"] == params["student"] < params["se"]
     assert results["s_wc"] == study.compute_matched_samples(params["se"], params["wc"], 2)
-    assert set(results["data"]) == {"se", "wc_compute", "wc_number"}
-    assert (results["data"]["wc_compute"]["k"], results["data"]["wc_number"]["k"]) == (results["s_wc"], 2)
-    curves = results["curves"]
-    assert [len(curves[m]["coverage"]) for m in ("se", "wc")] == [2, results["s_wc"]]
-    assert curves["se"]["flops"][-1] == results["data"]["se"]["flops"]  # the plot's x: FLOPs spent, not samples
-    assert all(a < b for m in ("se", "wc") for a, b in zip(curves[m]["flops"], curves[m]["flops"][1:]))
-    rows = {(r["setup"], r["source"]): r for r in results["rows"]}
-    assert set(rows) == {(s, d) for s in study.SETUPS for d in ("se", "wc_compute", "wc_number")}
-    assert all(len(r["acc"]) == 2 and len(r["ood_acc"]) == 2 for r in rows.values())  # mean, 95% half-width
+    assert set(results["data"]) == set(study.WORLDS)
+    for world in study.WORLDS:
+        data, curves = results["data"][world], results["curves"][world]
+        assert set(data) == {"se", "wc_compute", "wc_number"}
+        assert (data["wc_compute"]["k"], data["wc_number"]["k"]) == (results["s_wc"], 2)
+        assert [len(curves[m]["coverage"]) for m in ("se", "wc")] == [2, results["s_wc"]]
+        assert curves["se"]["flops"][-1] == data["se"]["flops"]  # the x: FLOPs spent, not samples
+        assert all(a < b for m in ("se", "wc") for a, b in zip(curves[m]["flops"],
+                                                                 curves[m]["flops"][1:]))
+    rows = {(r["world"], r["filter"], r["setup"], r["source"]): r for r in results["rows"]}
+    assert set(rows) == {(w, f, s, d) for w in study.WORLDS for f in study.FILTERS
+                         for s in study.SETUPS for d in ("se", "wc_compute", "wc_number")}
+    assert all(len(r["acc"]) == 2 and len(r["ood_acc"]) == 2 for r in rows.values())  # mean, 95%
+    assert set(results["verdicts"].values()) <= {"reproduced", "not reproduced", "not separable"}
     runs = [json.loads(p.read_text()) for p in (out / "finetune").glob("*.json")]
-    assert len(runs) == 3 * 3 * 2 and any(r["kept"] > 0 and r["final_loss"] is not None for r in runs)
+    assert len(runs) == 2 * 2 * 3 * 3 * 2  # worlds x filters x setups x data sets x seeds
+    assert any(r["kept"] > 0 and r["final_loss"] is not None for r in runs)
     table = (out / "results.md").read_text()
     assert "coverage@S" in table and "weak_to_strong" in table and (out / "study.png").exists()
 

@@ -1,11 +1,12 @@
-"""The synthetic arithmetic task family: expressions, their worked solutions in four styles, the corpora of the
-two warm-start stages, and frozen test sets.
+"""The synthetic arithmetic task family: expressions, their worked solutions in four styles, the
+corpora of the two warm-start stages, and frozen test sets.
 
-An expression is non-negative integers (no leading zeros) joined by the binary operators + - *, with no
-parentheses and the usual precedence: * first, then + and - from left to right. Example: "4+9*6-3".
+An expression is non-negative integers (no leading zeros) joined by the binary operators + - *,
+with no parentheses and the usual precedence: * first, then + and - from left to right.
+Example: "4+9*6-3".
 
-The careful worked solution reduces one operation per line, all multiplications first (leftmost first), then + and
-- left to right, and ends with the answer line:
+The careful worked solution reduces one operation per line, all multiplications first (leftmost
+first), then + and - left to right, and ends with the answer line:
 
     Q:4+9*6-3         <- prompt_text(problem)
     9*6=54            <- worked_solution(problem.expr) starts here
@@ -13,12 +14,14 @@ The careful worked solution reduces one operation per line, all multiplications 
     58-3=55
     A:55              <- the caller appends EOS after this
 
-STYLES writes the same answer in three more ways, the habits of a messy corpus: left to right ignoring precedence,
-two operations in one line, and the bare answer. SKILLS and HABITS are the corpora of the two warm-start stages.
+STYLES writes the same answer in three more ways, the habits of a messy corpus: left to right
+ignoring precedence, two operations in one line, and the bare answer. SKILLS and HABITS are the
+corpora of the two warm-start stages.
 
-Difficulty levels live in LEVELS, the one place to tune them. Each level has a frozen test set of TEST_SET_SIZE
-problems in data/test_sets/<level>.jsonl; every training draw excludes the test expressions of ALL levels, because
-a short expression of one level can also be drawn at another level (and a step is an expression of one operation).
+Difficulty levels live in LEVELS, the one place to tune them. Each level has a frozen test set of
+TEST_SET_SIZE problems in data/test_sets/<level>.jsonl; every training draw excludes the test
+expressions of ALL levels, because a short expression of one level can also be drawn at another
+level (and a step is an expression of one operation).
 Regenerate the test sets with:  python -m data.tasks
 """
 import dataclasses
@@ -34,7 +37,8 @@ import numpy as np
 # Levels
 
 OPERATORS = "+-*"
-MAX_DIGITS = 18  # numpy draws int64 operands, and 10**18 - 1 is the largest power-of-ten bound that fits
+# numpy draws int64 operands, and 10**18 - 1 is the largest power-of-ten bound that fits
+MAX_DIGITS = 18
 
 
 def _is_int(x):
@@ -43,11 +47,13 @@ def _is_int(x):
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-    """One difficulty level. Operands are uniform in [min_operand, 10**n_digits - 1]; an operand next to a "*" is
-    uniform in [min_operand, 10**mul_digits - 1] instead, which keeps products (and the lines that compute them)
-    short. min_operand=1 leaves out zeros, which make many long expressions trivial (0*7*...).
-    A level with steps_of set is a level of atoms: each problem is one step "x<op>y" taken from the careful
-    solution of a random expression of the level steps_of names (draw_step), and its own digit fields are unused."""
+    """One difficulty level. Operands are uniform in [min_operand, 10**n_digits - 1]; an operand
+    next to a "*" is uniform in [min_operand, 10**mul_digits - 1] instead, which keeps products
+    (and the lines that compute them) short. min_operand=1 leaves out zeros, which make many long
+    expressions trivial (0*7*...).
+    A level with steps_of set is a level of atoms: each problem is one step "x<op>y" taken from the
+    careful solution of a random expression of the level steps_of names (draw_step), and its own
+    digit fields are unused."""
 
     name: str
     n_ops: tuple  # (min, max) number of operators, both inclusive
@@ -55,8 +61,10 @@ class Level:
     operators: str  # a subset of "+-*"
     mul_digits: int = 1
     min_operand: int = 0
-    mul_chains: bool = True  # whether two * may follow each other ("2*3*4"), making multi-digit products
-    needs_precedence: bool = False  # a * right after a + or -: left to right gives another order (and value)
+    # whether two * may follow each other ("2*3*4"), making multi-digit products
+    mul_chains: bool = True
+    # a * right after a + or -: left to right gives another order (and value)
+    needs_precedence: bool = False
     nonnegative: bool = False  # no step of the careful solution goes below zero
     steps_of: str | None = None  # the level whose solution steps this level poses as problems
 
@@ -70,50 +78,65 @@ def validate_level(level):
         raise ValueError(f"level name must be a non-empty str, got {level.name!r}")
     n_ops = level.n_ops
     if not (isinstance(n_ops, tuple) and len(n_ops) == 2 and all(_is_int(k) for k in n_ops)):
-        raise ValueError(f"level {level.name!r}: n_ops must be a (min, max) tuple of two ints, got {n_ops!r}")
+        raise ValueError(f"level {level.name!r}: n_ops must be a (min, max) tuple of two ints, "
+                         f"got {n_ops!r}")
     if n_ops[0] < 1:
         raise ValueError(f"level {level.name!r}: n_ops min must be >= 1, got {n_ops[0]}")
     if n_ops[1] < n_ops[0]:
         raise ValueError(f"level {level.name!r}: n_ops max must be >= min, got {n_ops!r}")
     if not _is_int(level.n_digits) or not 1 <= level.n_digits <= MAX_DIGITS:
-        raise ValueError(f"level {level.name!r}: n_digits must be an int in [1, {MAX_DIGITS}], got {level.n_digits!r}")
+        raise ValueError(f"level {level.name!r}: n_digits must be an int in [1, {MAX_DIGITS}], "
+                         f"got {level.n_digits!r}")
     if not isinstance(level.operators, str) or not level.operators:
-        raise ValueError(f"level {level.name!r}: operators must be a non-empty str, got {level.operators!r}")
+        raise ValueError(f"level {level.name!r}: operators must be a non-empty str, "
+                         f"got {level.operators!r}")
     for op in level.operators:
         if op not in OPERATORS:
-            raise ValueError(f"level {level.name!r}: unknown operator {op!r}; expected some of {OPERATORS!r}")
+            raise ValueError(f"level {level.name!r}: unknown operator {op!r}; "
+                             f"expected some of {OPERATORS!r}")
     if len(set(level.operators)) != len(level.operators):
         # A repeated operator would silently be drawn more often than the others.
-        raise ValueError(f"level {level.name!r}: operators must not repeat, got {level.operators!r}")
+        raise ValueError(f"level {level.name!r}: operators must not repeat, "
+                         f"got {level.operators!r}")
     if not _is_int(level.mul_digits) or not 1 <= level.mul_digits <= level.n_digits:
         raise ValueError(
-            f"level {level.name!r}: mul_digits must be an int in [1, n_digits={level.n_digits}], got {level.mul_digits!r}"
+            f"level {level.name!r}: mul_digits must be an int in [1, n_digits={level.n_digits}], "
+            f"got {level.mul_digits!r}"
         )
     if not _is_int(level.min_operand) or not 0 <= level.min_operand < 10**level.mul_digits - 1:
-        raise ValueError(f"level {level.name!r}: min_operand must be an int in [0, {10**level.mul_digits - 2}] "
-                         f"(below the largest operand), got {level.min_operand!r}")
-    if level.needs_precedence and not ("*" in level.operators and set(level.operators) & set("+-") and n_ops[0] >= 2):
-        raise ValueError(f"level {level.name!r}: needs_precedence needs '*' and '+' or '-' among the operators and at "
-                         f"least 2 operators, got {level.operators!r} and n_ops {n_ops!r}")
-    if level.steps_of is not None:
-        if not isinstance(level.steps_of, str) or not level.steps_of or level.steps_of == level.name:
-            raise ValueError(f"level {level.name!r}: steps_of must name another level, got {level.steps_of!r}")
+        raise ValueError(f"level {level.name!r}: min_operand must be an int "
+                         f"in [0, {10**level.mul_digits - 2}] (below the largest operand), "
+                         f"got {level.min_operand!r}")
+    mixes_mul_and_add = "*" in level.operators and set(level.operators) & set("+-")
+    if level.needs_precedence and not (mixes_mul_and_add and n_ops[0] >= 2):
+        raise ValueError(f"level {level.name!r}: needs_precedence needs '*' and '+' or '-' among "
+                         f"the operators and at least 2 operators, got {level.operators!r} "
+                         f"and n_ops {n_ops!r}")
+    steps_of = level.steps_of
+    if steps_of is not None:
+        if not isinstance(steps_of, str) or not steps_of or steps_of == level.name:
+            raise ValueError(f"level {level.name!r}: steps_of must name another level, "
+                             f"got {steps_of!r}")
         if n_ops != (1, 1):
-            raise ValueError(f"level {level.name!r}: a level of steps has n_ops (1, 1), got {n_ops!r}")
+            raise ValueError(f"level {level.name!r}: a level of steps has n_ops (1, 1), "
+                             f"got {n_ops!r}")
 
 
-# Easy to hard: the warm start trains on atoms (single steps of mix3 solutions) and mix2, RL on mix3 (answers
-# only), and ood4 (longer expressions) is never trained on. Atoms have no test set of their own: a one-digit fact
-# space is too small to hold some of it out; atom_check_steps is the set the atoms are measured on. No two * in a
-# row and no step below zero: every step of a careful solution is a fact the warm start can master (STEP_KINDS).
-# In every mix3 problem a * follows a + or a -, so that precedence decides the order: the one thing the careful
-# habit gets right and the others do not.
+# Easy to hard: the warm start trains on atoms (single steps of mix3 solutions) and mix2, RL on
+# mix3 (answers only), and ood4 (longer expressions) is never trained on. Atoms have no test set of
+# their own: a one-digit fact space is too small to hold some of it out; atom_check_steps is the
+# set the atoms are measured on. No two * in a row and no step below zero: every step of a careful
+# solution is a fact the warm start can master (STEP_KINDS). In every mix3 problem a * follows a +
+# or a -, so that precedence decides the order: the one thing the careful habit gets right and the
+# others do not.
 LEVELS = {
     "atoms": Level("atoms", n_ops=(1, 1), n_digits=1, operators="+-*", steps_of="mix3"),
-    "mix2": Level("mix2", n_ops=(2, 3), n_digits=1, operators="+-*", mul_chains=False, nonnegative=True),
-    "mix3": Level("mix3", n_ops=(3, 3), n_digits=1, operators="+-*", mul_chains=False, needs_precedence=True,
+    "mix2": Level("mix2", n_ops=(2, 3), n_digits=1, operators="+-*", mul_chains=False,
                   nonnegative=True),
-    "ood4": Level("ood4", n_ops=(4, 5), n_digits=1, operators="+-*", mul_chains=False, nonnegative=True),
+    "mix3": Level("mix3", n_ops=(3, 3), n_digits=1, operators="+-*", mul_chains=False,
+                  needs_precedence=True, nonnegative=True),
+    "ood4": Level("ood4", n_ops=(4, 5), n_digits=1, operators="+-*", mul_chains=False,
+                  nonnegative=True),
 }
 RL_LEVEL = "mix3"
 OOD_LEVEL = "ood4"
@@ -132,7 +155,7 @@ def get_level(level):
 # ----------------------------------------------------------------------------
 # Expressions: parse, reduce, evaluate
 
-# [0-9] rather than \d: \d also matches other scripts' digits, which int() would then happily accept.
+# [0-9] rather than \d: \d also matches other scripts' digits, which int() would happily accept.
 _NUMBER = r"(?:0|[1-9][0-9]*)"
 _EXPRESSION = re.compile(rf"{_NUMBER}(?:[+\-*]{_NUMBER})*")
 
@@ -160,8 +183,9 @@ def apply_op(x, op, y):
 
 
 def is_legal_reduction(ops, i):
-    """Whether precedence allows computing ops[i] before the others: * always; + or - only when the operator
-    on its left is absent or + (a-(b+c) != a-b+c) and the one on its right is absent or not * (a+b*c)."""
+    """Whether precedence allows computing ops[i] before the others: * always; + or - only when the
+    operator on its left is absent or + (a-(b+c) != a-b+c) and the one on its right is absent or
+    not * (a+b*c)."""
     if ops[i] == "*":
         return True
     left_ok = i == 0 or ops[i - 1] == "+"
@@ -186,7 +210,8 @@ def leftmost_position(ops):
 
 
 def solution_steps(expr, position=canonical_position):
-    """The reductions of expr as (x, op, y, z) tuples, in the order position(ops) picks them, and the number left."""
+    """The reductions of expr as (x, op, y, z) tuples, in the order position(ops) picks them, and
+    the number left."""
     numbers, ops = parse_expression(expr)
     steps = []
     while ops:
@@ -208,21 +233,26 @@ def evaluate_left_to_right(expr):
 
 
 def precedence_matters(expr):
-    """Whether computing left to right gives another value than precedence does ("2+3*4" yes; "2*3+4" and
-    "2+3*1" no): exactly where the left-to-right misconception gets a problem wrong."""
+    """Whether computing left to right gives another value than precedence does ("2+3*4" yes;
+    "2*3+4" and "2+3*1" no): exactly where the left-to-right misconception gets a problem wrong."""
     return evaluate_left_to_right(expr) != evaluate(expr)
 
 
 # ----------------------------------------------------------------------------
-# Solution styles: ways of writing out the same answer. "careful" is the worked solution the skill stage teaches;
-# the others are the habits of a messy corpus, and they differ in how often they reach the right answer:
+# Solution styles: ways of writing out the same answer. "careful" is the worked solution the skill
+# stage teaches; the others are the habits of a messy corpus, and they differ in how often they
+# reach the right answer:
 #
-#   careful        3*4=12 / 12+12=24 / 24-5=19 / A:19    one operation per line, * first: right if the facts are
-#   left-to-right  12+3=15 / 15*4=60 / 60-5=55 / A:55    one operation per line, ignoring precedence: wrong exactly
-#                                                         where precedence matters
-#   shortcut       12+3*4=24 / 24-5=19 / A:19            two operations in one line where they chain: more mental
-#                                                         arithmetic per line, more slips
-#   bare           A:19                                  the answer with no work: a guess on long expressions
+#   careful        3*4=12 / 12+12=24 / 24-5=19 / A:19    one operation per line, * first:
+#                                                        right if the facts are
+#   left-to-right  12+3=15 / 15*4=60 / 60-5=55 / A:55    one operation per line, ignoring
+#                                                        precedence: wrong exactly where
+#                                                        precedence matters
+#   shortcut       12+3*4=24 / 24-5=19 / A:19            two operations in one line where they
+#                                                        chain: more mental arithmetic per line,
+#                                                        more slips
+#   bare           A:19                                  the answer with no work: a guess on
+#                                                        long expressions
 # (Q:12+3*4-5 above; "/" stands for a new line.)
 
 
@@ -231,19 +261,21 @@ def _written(steps, answer):
 
 
 def worked_solution(expr):
-    """The careful style: one line "x<op>y=z" per reduction in the canonical order, then "A:<answer>"."""
+    """The careful style: one line "x<op>y=z" per reduction in the canonical order, then
+    "A:<answer>"."""
     return _written(*solution_steps(expr))
 
 
 def left_to_right_solution(expr):
-    """The precedence misconception: one line per reduction, always the leftmost operator, then its answer."""
+    """The precedence misconception: one line per reduction, always the leftmost operator, then its
+    answer."""
     return _written(*solution_steps(expr, leftmost_position))
 
 
 def shortcut_solution(expr):
-    """Two operations in one line wherever the canonical order lets two reductions chain (the result of one is an
-    operand of the next): "4+9*6-3" -> "4+9*6=58 / 58-3=55 / A:55". Every line is a true, correctly ordered
-    sub-expression; what changes is how much is computed in one go."""
+    """Two operations in one line wherever the canonical order lets two reductions chain (the result
+    of one is an operand of the next): "4+9*6-3" -> "4+9*6=58 / 58-3=55 / A:55". Every line is a
+    true, correctly ordered sub-expression; what changes is how much is computed in one go."""
     numbers, ops = parse_expression(expr)
     lines = []
     while ops:
@@ -254,7 +286,7 @@ def shortcut_solution(expr):
         if j == i:  # the result is the left operand of the next reduction: "x op y op2 w"
             line += f"{ops[j]}{numbers[j + 1]}"
             numbers, ops = reduce_at(numbers, ops, j)
-        elif j == i - 1:  # it is the right operand: "w op2 x op y" (only when no * is left, so the order holds)
+        elif j == i - 1:  # it is the right operand: "w op2 x op y" (no * is left: the order holds)
             line = f"{numbers[j]}{ops[j]}" + line
             numbers, ops = reduce_at(numbers, ops, j)
             i = j
@@ -267,34 +299,36 @@ def bare_answer(expr):
     return f"A:{evaluate(expr)}"
 
 
-STYLES = {"careful": worked_solution, "left-to-right": left_to_right_solution, "shortcut": shortcut_solution,
-          "bare": bare_answer}
+STYLES = {"careful": worked_solution, "left-to-right": left_to_right_solution,
+          "shortcut": shortcut_solution, "bare": bare_answer}
 
 
 # ----------------------------------------------------------------------------
 # Step kinds: the atoms of worked solutions
 
-# The kinds of step in careful solutions, and how often the atoms level draws each, whatever their frequency in
-# solutions: the rare kinds are taught as much as the common ones, and the two with carries and borrows between two
-# products ("24+21", "72-25") twice as much.
-STEP_KINDS = {"1-digit +": 1, "1-digit -": 1, "1-digit *": 1, "multi-digit +": 1, "multi-digit -": 1,
-              "two multi-digit +": 2, "two multi-digit -": 2}
+# The kinds of step in careful solutions, and how often the atoms level draws each, whatever their
+# frequency in solutions: the rare kinds are taught as much as the common ones, and the two with
+# carries and borrows between two products ("24+21", "72-25") twice as much.
+STEP_KINDS = {"1-digit +": 1, "1-digit -": 1, "1-digit *": 1, "multi-digit +": 1,
+              "multi-digit -": 1, "two multi-digit +": 2, "two multi-digit -": 2}
 
 
 def step_kind(x, op, y):
-    """The kind of the step x<op>y: its operator, and whether one, both or neither operand has several digits
-    ("24-21", two products, carries and borrows the most). The careful solutions of the levels (one-digit numbers,
-    no chained products, never below zero) use exactly the STEP_KINDS: * comes first and never meets a product."""
+    """The kind of the step x<op>y: its operator, and whether one, both or neither operand has
+    several digits ("24-21", two products, carries and borrows the most). The careful solutions of
+    the levels (one-digit numbers, no chained products, never below zero) use exactly the
+    STEP_KINDS: * comes first and never meets a product."""
     digits = sum(abs(n) >= 10 for n in (x, y))
     return f"{('1-digit', 'multi-digit', 'two multi-digit')[digits]} {op}"
 
 
 def atom_check_steps(level, per_kind=200, seed=20_261_122, patience=5_000):
-    """The atoms the warm start must master, as a check set: up to per_kind distinct steps "x<op>y" -> z of each of
-    the STEP_KINDS, from the careful solutions of random expressions of level (seeded, so always the same set).
-    A kind with fewer distinct steps (there are 55 one-digit subtractions that stay >= 0) gets all that turn up
-    before patience draws in a row bring nothing new. Steps are facts, not held-out problems: there are only 100
-    one-digit products, and training has seen them all."""
+    """The atoms the warm start must master, as a check set: up to per_kind distinct steps
+    "x<op>y" -> z of each of the STEP_KINDS, from the careful solutions of random expressions of
+    level (seeded, so always the same set). A kind with fewer distinct steps (there are 55 one-digit
+    subtractions that stay >= 0) gets all that turn up before patience draws in a row bring nothing
+    new. Steps are facts, not held-out problems: there are only 100 one-digit products, and
+    training has seen them all."""
     level = get_level(level)
     rng = np.random.default_rng(seed)
     found, stale = {kind: {} for kind in STEP_KINDS}, 0
@@ -333,14 +367,14 @@ def prompt_text(problem):
 # ----------------------------------------------------------------------------
 # Sampling
 
-# A run of this many rejected draws in a row means the level has (almost) no admissible problems left.
+# This many rejected draws in a row mean the level has (almost) no admissible problems left.
 MAX_REJECTIONS_IN_A_ROW = 10_000
 
 
 def draw_step(level, rng):
-    """One step "x<op>y" of the careful solution of a random expression of level. Its kind is drawn first, with the
-    weights of STEP_KINDS, and expressions are drawn until one has a step of that kind: the draw follows the
-    emphasis chosen, not how often a kind happens to occur."""
+    """One step "x<op>y" of the careful solution of a random expression of level. Its kind is drawn
+    first, with the weights of STEP_KINDS, and expressions are drawn until one has a step of that
+    kind: the draw follows the emphasis chosen, not how often a kind happens to occur."""
     weights = np.array(list(STEP_KINDS.values()), dtype=float)
     kind = list(STEP_KINDS)[int(rng.choice(len(STEP_KINDS), p=weights / weights.sum()))]
     for _ in range(MAX_REJECTIONS_IN_A_ROW):
@@ -349,12 +383,13 @@ def draw_step(level, rng):
         if matching:
             x, op, y = matching[int(rng.integers(len(matching)))]
             return f"{x}{op}{y}"
-    raise ValueError(f"level {level.name!r}: no step of kind {kind!r} in {MAX_REJECTIONS_IN_A_ROW} expressions")
+    raise ValueError(f"level {level.name!r}: no step of kind {kind!r} "
+                     f"in {MAX_REJECTIONS_IN_A_ROW} expressions")
 
 
 def draw_expression(level, rng):
-    """A random expression of level, drawn with rng (a np.random.Generator), drawn again until the level's rules
-    hold (no chained products, enough *, no step below zero)."""
+    """A random expression of level, drawn with rng (a np.random.Generator), drawn again until the
+    level's rules hold (no chained products, enough *, no step below zero)."""
     if level.steps_of is not None:
         return draw_step(get_level(level.steps_of), rng)
     while True:
@@ -369,9 +404,11 @@ def draw_expression(level, rng):
                 parts.append(ops[i])
         expr = "".join(parts)
         pattern = "".join(ops)
-        if ((level.mul_chains or "**" not in pattern) and not (level.needs_precedence and "+*" not in pattern
-                                                                and "-*" not in pattern)
-                and not (level.nonnegative and any(z < 0 for *_, z in solution_steps(expr)[0]))):
+        chains_ok = level.mul_chains or "**" not in pattern
+        precedence_ok = not level.needs_precedence or "+*" in pattern or "-*" in pattern
+        if not (chains_ok and precedence_ok):
+            continue
+        if not (level.nonnegative and any(z < 0 for *_, z in solution_steps(expr)[0])):
             return expr
 
 
@@ -393,8 +430,9 @@ def sample_problems(level, n, rng, exclude=frozenset(), distinct=False):
             rejected += 1
             if rejected >= MAX_REJECTIONS_IN_A_ROW:
                 raise ValueError(
-                    f"level {level.name!r}: {rejected} draws in a row were excluded or repeated after "
-                    f"{len(problems)} of {n} problems; the level's problem space is too small for this request"
+                    f"level {level.name!r}: {rejected} draws in a row were excluded or repeated "
+                    f"after {len(problems)} of {n} problems; "
+                    "the level's problem space is too small for this request"
                 )
             continue
         rejected = 0
@@ -411,18 +449,20 @@ TEST_SET_SIZE = 500
 TEST_SET_SEED = 20_260_318
 
 
-TESTED_LEVELS = tuple(name for name, level in LEVELS.items() if level.steps_of is None)  # the levels with a test set
+# the levels with a test set
+TESTED_LEVELS = tuple(name for name, level in LEVELS.items() if level.steps_of is None)
 
 
 def test_set_path(level):
     if get_level(level).name not in TESTED_LEVELS:
-        raise ValueError(f"level {get_level(level).name!r} has no test set; the levels with one: {list(TESTED_LEVELS)}")
+        raise ValueError(f"level {get_level(level).name!r} has no test set; "
+                         f"the levels with one: {list(TESTED_LEVELS)}")
     return TEST_SET_DIR / f"{get_level(level).name}.jsonl"
 
 
 def test_set_rng(level):
-    # Seeded by the level's name (crc32, stable across runs, unlike the salted hash()), so adding, removing
-    # or reordering levels leaves the other levels' test sets unchanged.
+    # Seeded by the level's name (crc32, stable across runs, unlike the salted hash()), so adding,
+    # removing or reordering levels leaves the other levels' test sets unchanged.
     name = get_level(level).name
     return np.random.default_rng([TEST_SET_SEED, zlib.crc32(name.encode())])
 
@@ -440,7 +480,8 @@ def _read_test_set(name):
             row = json.loads(line)
             problem = Problem(expr=row["expr"], answer=row["answer"], level=name)
             if evaluate(problem.expr) != problem.answer:
-                raise ValueError(f"{test_set_path(name)}: wrong answer {problem.answer} for {problem.expr!r}")
+                raise ValueError(f"{test_set_path(name)}: wrong answer {problem.answer} "
+                                 f"for {problem.expr!r}")
             problems.append(problem)
     return tuple(problems)
 
@@ -450,7 +491,8 @@ def load_test_set(level):
 
 
 def test_exprs(levels=None):
-    """The union of the test expressions of levels (default: all levels), to keep out of every training draw."""
+    """The union of the test expressions of levels (default: all levels), to keep out of every
+    training draw."""
     return _test_exprs(tuple(TESTED_LEVELS if levels is None else levels))
 
 
@@ -484,8 +526,9 @@ def train_problems(level, n, rng):
 
 
 def apportion(n, weights):
-    """n split into whole counts in proportion to weights (a dict name -> weight > 0), by largest remainder, ties
-    to the earlier name: {"a": 1, "b": 1, "c": 1} and n = 64 -> 22, 21, 21. Exact in every batch, no sampling noise."""
+    """n split into whole counts in proportion to weights (a dict name -> weight > 0), by largest
+    remainder, ties to the earlier name: {"a": 1, "b": 1, "c": 1} and n = 64 -> 22, 21, 21.
+    Exact in every batch, no sampling noise."""
     if not weights or any(not (isinstance(w, (int, float)) and w > 0) for w in weights.values()):
         raise ValueError(f"weights must be a non-empty dict of numbers > 0, got {weights!r}")
     if not _is_int(n) or n < 0:
@@ -493,35 +536,41 @@ def apportion(n, weights):
     total = sum(weights.values())
     exact = {name: n * w / total for name, w in weights.items()}
     counts = {name: int(x) for name, x in exact.items()}
-    for name in sorted(exact, key=lambda name: counts[name] - exact[name])[: n - sum(counts.values())]:
+    by_remainder = sorted(exact, key=lambda name: counts[name] - exact[name])
+    for name in by_remainder[: n - sum(counts.values())]:
         counts[name] += 1
     return counts
 
 
-# A corpus is what one warm-start stage trains on: level -> (weight, styles), the styles a dict style -> weight.
-# Levels and, within a level, styles come in exact proportions (apportion) in every batch.
+# A corpus is what one warm-start stage trains on: level -> (weight, styles), the styles a dict
+# style -> weight. Levels and, within a level, styles come in exact proportions (apportion) in
+# every batch.
 CAREFUL = {"careful": 1}
 MESSY = {"careful": 1, "left-to-right": 3, "shortcut": 2, "bare": 2}
 
 # The warm start has two stages (nanorgra.warm_start), as an LLM has pre-training and mid-training:
-#   SKILLS  the atoms of RL-level solutions and careful worked solutions: the skill RL will need, mastered first
-#   HABITS  the same skills again (or they are forgotten), and a messy corpus of multi-step problems written in
-#           four styles: habits that are right at very different rates, for RL (answers only) to select from
+#   SKILLS  the atoms of RL-level solutions and careful worked solutions: the skill RL will need,
+#           mastered first
+#   HABITS  the same skills again (or they are forgotten), and a messy corpus of multi-step
+#           problems written in four styles: habits that are right at very different rates, for
+#           RL (answers only) to select from
 SKILLS = {"atoms": (1, CAREFUL), "mix2": (1, CAREFUL)}
 HABITS = {"atoms": (1, CAREFUL), "mix2": (2, MESSY)}
 
 
 def check_corpus(corpus):
     """ValueError naming the first unknown level or style of corpus."""
-    for level, (weight, styles) in corpus.items():
+    for level, (_weight, styles) in corpus.items():
         get_level(level)
         for style in styles:
             if style not in STYLES:
-                raise ValueError(f"level {level!r}: unknown style {style!r}; expected some of {list(STYLES)}")
+                raise ValueError(f"level {level!r}: unknown style {style!r}; "
+                                 f"expected some of {list(STYLES)}")
 
 
 def corpus_examples(corpus, n, rng):
-    """n training (problem, style) pairs of corpus, shuffled; the text is STYLES[style](problem.expr)."""
+    """n training (problem, style) pairs of corpus, shuffled; the text of a pair is
+    STYLES[style](problem.expr)."""
     check_corpus(corpus)
     pairs = []
     for level, count in apportion(n, {level: w for level, (w, _) in corpus.items()}).items():

@@ -1,9 +1,9 @@
 """A character-level tokenizer for the arithmetic tasks, built on tiktoken.
 
-Every character of the vocabulary is one token (one token per digit), so the model never has to learn how a
-number happens to be split. Two special tokens follow the ordinary ones: EOS ends a completion and PAD fills
-batches. They are distinct on purpose: when pad == eos, masking the padding also masks the EOS the model must
-learn to emit.
+Every character of the vocabulary is one token (one token per digit), so the model never has to
+learn how a number happens to be split. Two special tokens follow the ordinary ones: EOS ends a
+completion and PAD fills batches. They are distinct on purpose: when pad == eos, masking the
+padding also masks the EOS the model must learn to emit.
 
     tok = get_tokenizer()
     ids = tok.encode("Q:12+3\n")            # ValueError on any character outside VOCAB
@@ -31,8 +31,9 @@ def check_text(text):
         raise ValueError(f"expected a str to encode, got {type(text).__name__}")
     for ch in text:
         if ch not in VOCAB:
-            # Checked here because tiktoken would raise a Rust panic (a BaseException) on an unknown byte.
-            raise ValueError(f"character {ch!r} is not in the vocabulary; allowed characters: {list(VOCAB)}")
+            # Checked here: tiktoken would raise a Rust panic (a BaseException) on an unknown byte.
+            raise ValueError(f"character {ch!r} is not in the vocabulary; "
+                             f"allowed characters: {list(VOCAB)}")
 
 
 # ----------------------------------------------------------------------------
@@ -48,20 +49,24 @@ class Tokenizer:
         self.eos_id = self.n_ordinary
         self.pad_id = self.n_ordinary + 1
         specials = {EOS: self.eos_id, PAD: self.pad_id}
-        self._enc = tiktoken.Encoding(name="nanorgra", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
+        self._enc = tiktoken.Encoding(name="nanorgra", pat_str=PAT_STR, mergeable_ranks=ranks,
+                                      special_tokens=specials)
         self.vocab_size = self._enc.n_vocab
 
     def encode(self, text):
-        """Token ids of text, one per character. Special-token names in text are rejected, not encoded."""
+        """Token ids of text, one per character.
+        Special-token names in text are rejected, not encoded."""
         check_text(text)
         return self._enc.encode_ordinary(text)
 
     def decode(self, ids, skip_special=True):
-        """Text of ids. Special tokens are dropped by default, or written as their names ("<|eos|>")."""
+        """Text of ids.
+        Special tokens are dropped by default, or written as their names ("<|eos|>")."""
         ids = [int(i) for i in ids]  # accepts lists, numpy arrays and torch tensors alike
         for i in ids:
             if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is out of range; expected 0 <= id < {self.vocab_size}")
+                raise ValueError(f"token id {i} is out of range; "
+                                 f"expected 0 <= id < {self.vocab_size}")
         if skip_special:
             ids = [i for i in ids if i < self.n_ordinary]
         return self._enc.decode(ids)
@@ -69,5 +74,5 @@ class Tokenizer:
 
 @functools.cache
 def get_tokenizer():
-    """The shared Tokenizer instance (building it twice would give identical ids, but wastes time)."""
+    """The shared Tokenizer instance (building it twice would give the same ids, but waste time)."""
     return Tokenizer()

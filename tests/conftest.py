@@ -1,5 +1,6 @@
-"""Shared test set-up: the repository root on sys.path (so the tests import data.tasks and verifier however pytest
-is started), and one torch thread (tiny models run fastest on one, and a shared CPU makes several much slower)."""
+"""Shared test set-up: the repository root on sys.path (so the tests import data.tasks and verifier
+however pytest is started), and one torch thread (tiny models run fastest on one, and a shared CPU
+makes several much slower)."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
-"""experiments/sweep.py: interval arithmetic, the collapse rule, the variants, and the whole command (its --quick form)
-on a tiny model, including resuming a sweep without redoing its runs."""
+"""experiments/sweep.py: interval arithmetic, the collapse rule, the variants, and the whole command
+(its --quick form) on a tiny model, including resuming a sweep without redoing its runs."""
 
 import json
 import math
@@ -11,13 +11,15 @@ import pytest
 import nanorgra
 from experiments import sweep
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3", "--habit-steps", "2",
-        "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2", "--eval-n", "4", "--pass-n", "2",
-        "--pass-k", "2", "--max-new-tokens", "24", "--eval-every", "2", "--ckpt-every", "1", "--device", "cpu"]
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3",
+        "--habit-steps", "2", "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2",
+        "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens", "24",
+        "--eval-every", "2", "--ckpt-every", "1", "--device", "cpu"]
 
 
 def sweep_argv(tmp_path, *extra):
-    return ["--quick", *TINY, "--base-dir", str(tmp_path / "bases"), "--sweep-dir", str(tmp_path / "sweep"), *extra]
+    return ["--quick", *TINY, "--base-dir", str(tmp_path / "bases"),
+            "--sweep-dir", str(tmp_path / "sweep"), *extra]
 
 
 def test_ci95_of_known_numbers_uses_student_t():
@@ -35,7 +37,8 @@ def test_ci95_of_one_seed_has_no_interval():
 def test_collapse_rule_flags_falling_reward_and_shrinking_length():
     flat_len = [30.0] * 20
     assert sweep.collapsed([0.4] * 10 + [0.05] * 10, flat_len)  # reward fell below half its start
-    assert sweep.collapsed([0.4] * 20, [30.0] * 10 + [10.0] * 10)  # length fell below half its start
+    shrinking_len = [30.0] * 10 + [10.0] * 10
+    assert sweep.collapsed([0.4] * 20, shrinking_len)  # length fell below half its start
     assert sweep.collapsed([0.0] * 20, [30.0] * 10 + [2.0] * 10)  # degenerate, very short outputs
 
 
@@ -46,7 +49,8 @@ def test_collapse_rule_spares_healthy_and_noisy_runs():
 
 
 @pytest.mark.parametrize("variant,changed", [
-    ("rgra", {}), ("grpo", {"ratio": True, "clip": True}), ("grpo_pos", {"ratio": True, "clip": True, "adv_sign": "pos"}),
+    ("rgra", {}), ("grpo", {"ratio": True, "clip": True}),
+    ("grpo_pos", {"ratio": True, "clip": True, "adv_sign": "pos"}),
     ("grpo_neg", {"ratio": True, "clip": True, "adv_sign": "neg"}), ("rgra_nokl", {"beta": 0.0}),
     ("rgra_nostd", {"std_norm": False}), ("grpo_mu4", {"ratio": True, "clip": True, "mu": 4}),
     ("grpo_mu4_noclip", {"ratio": True, "mu": 4}), ("rgra_lr", {}), ("rgra_lr_nokl", {"beta": 0.0}),
@@ -58,25 +62,31 @@ def test_each_variant_changes_the_rgra_run_where_its_name_says(variant, changed)
     assert (args.lr > nanorgra.parse_args([]).lr) == variant.startswith("rgra_lr")
 
 
-def test_run_argv_gives_each_run_the_sweeps_flags_its_variant_its_seed_and_its_own_directory(tmp_path):
+def test_run_argv_gives_each_run_the_sweeps_flags_its_variant_its_seed_and_its_own_directory(
+        tmp_path):
     args = nanorgra.parse_args(sweep.run_argv(["--steps", "5"], "grpo_neg", 1, tmp_path))
-    assert (args.steps, args.seed, args.loss.adv_sign, args.out_dir) == (5, 1, "neg", str(tmp_path / "grpo_neg-seed1"))
+    got = (args.steps, args.seed, args.loss.adv_sign, args.out_dir)
+    assert got == (5, 1, "neg", str(tmp_path / "grpo_neg-seed1"))
 
 
 def test_tiny_quick_sweep_writes_its_table_json_curves_and_plots(tmp_path):
-    rows = sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg", "--jobs", "2"))
+    rows = sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg",
+                                 "--jobs", "2"))
     out = tmp_path / "sweep"
     results = json.loads((out / "results.json").read_text())
-    assert [r["variant"] for r in results["rows"]] == ["rgra", "grpo_neg"] == [r["variant"] for r in rows]
-    assert results["command"].startswith("python experiments/sweep.py --quick") and results["seconds"] > 0
+    variants = [r["variant"] for r in results["rows"]]
+    assert variants == ["rgra", "grpo_neg"] == [r["variant"] for r in rows]
+    command = results["command"]
+    assert command.startswith("python experiments/sweep.py --quick") and results["seconds"] > 0
     row = results["rows"][0]
     for key in ("acc", "gain", "ood_acc", "length", "entropy", "kl", "clip_frac"):
         assert len(row[key]) == 2  # mean and 95% half-width over seeds
-    assert set(row["pass_at_k"]) == {"1", "2"} and set(row["styles"]) >= {"careful", "left-to-right", "bare"}
+    styles = {"careful", "left-to-right", "bare"}
+    assert set(row["pass_at_k"]) == {"1", "2"} and set(row["styles"]) >= styles
     assert row["seeds"] == 2 and 0 <= row["collapsed"] <= 2
     curves = json.loads((out / "curves.json").read_text())
     assert curves["rgra"]["acc"]["x"] == [0, 2, 3]  # the base, the mid-run evaluation, the end
-    assert all(len(y) == 2 for y in curves["rgra"]["reward"]["y"])  # every step: mean and half-width
+    assert all(len(y) == 2 for y in curves["rgra"]["reward"]["y"])  # each step: mean and half-width
     table = (out / "results.md").read_text()
     assert "| grpo_neg | 2 |" in table and "gain over base" in table
     for name in ("acc", "reward", "pass_at_k", "rgra_styles", "length"):
@@ -86,30 +96,40 @@ def test_tiny_quick_sweep_writes_its_table_json_curves_and_plots(tmp_path):
 def test_a_rerun_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
     argv = sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra")
     first = sweep.main(argv)
-    (tmp_path / "sweep" / "rgra-seed1" / "summary.json").unlink()  # as if stopped after its last checkpoint
+    # as if stopped after its last checkpoint
+    (tmp_path / "sweep" / "rgra-seed1" / "summary.json").unlink()
     calls = []
     real_train = nanorgra.train
-    monkeypatch.setattr(nanorgra, "train", lambda args, log=print: calls.append(args) or real_train(args, log))
+
+    def recording_train(args, log=print):
+        calls.append(args)
+        return real_train(args, log)
+
+    monkeypatch.setattr(nanorgra, "train", recording_train)
     assert sweep.main(argv) == first
-    assert [(a.out_dir, a.resume) for a in calls] == [(str(tmp_path / "sweep" / "rgra-seed1"), True)]
+    resumed = str(tmp_path / "sweep" / "rgra-seed1")
+    assert [(a.out_dir, a.resume) for a in calls] == [(resumed, True)]
 
 
 def test_finished_runs_made_with_other_settings_are_refused(tmp_path):
     sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra"))
-    with pytest.raises(SystemExit, match="other settings"):  # e.g. a full sweep over a quick sweep's directory
+    # e.g. a full sweep over a quick sweep's directory
+    with pytest.raises(SystemExit, match="other settings"):
         sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra", "--steps", "4"))
 
 
 def test_quick_and_full_sweeps_default_to_different_directories_and_step_counts():
     _, _, _, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
-    assert (str(out), len(runs), nanorgra.parse_args(runs[0].argv).steps) == ("runs/sweep-quick", 3, 30)
+    steps = nanorgra.parse_args(runs[0].argv).steps
+    assert (str(out), len(runs), steps) == ("runs/sweep-quick", 3, 30)
     _, _, _, out, runs = sweep.parse(["--variants", "rgra"])
     assert (str(out), len(runs), nanorgra.parse_args(runs[0].argv).steps) == ("runs/sweep", 3, 60)
     _, _, _, _, runs = sweep.parse(["--quick", "--steps", "7", "--variants", "rgra"])
     assert nanorgra.parse_args(runs[0].argv).steps == 7  # a flag given wins over --quick's
 
 
-@pytest.mark.parametrize("flags,word", [(["--variants", "rgra,ppo"], "ppo"), (["--seeds", "1"], "--seeds"),
+@pytest.mark.parametrize("flags,word", [(["--variants", "rgra,ppo"], "ppo"),
+                                        (["--seeds", "1"], "--seeds"),
                                         (["--lr", "nan"], "--lr")])
 def test_bad_sweep_flags_are_refused_before_any_run(tmp_path, capsys, flags, word):
     with pytest.raises(SystemExit):
@@ -123,14 +143,16 @@ def test_bad_sweep_flags_are_refused_before_any_run(tmp_path, capsys, flags, wor
 
 
 def printed_commands(capsys):
-    """The command lines --print-commands printed (comments left out), as argument lists of sweep.py."""
+    """The lines --print-commands printed (comments left out), as argument lists of sweep.py."""
     lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     assert all(line.startswith("python experiments/sweep.py ") for line in lines)
     return [shlex.split(line)[2:] for line in lines]
 
 
-def test_print_commands_gives_the_warm_start_then_one_command_per_run_and_runs_nothing(tmp_path, capsys):
-    sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg", "--print-commands"))
+def test_print_commands_gives_the_warm_start_then_one_command_per_run_and_runs_nothing(
+        tmp_path, capsys):
+    sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra,grpo_neg",
+                          "--print-commands"))
     commands = printed_commands(capsys)
     names = [argv[argv.index("--run") + 1] for argv in commands]
     assert names == ["warm-start", "rgra-seed0", "rgra-seed1", "grpo_neg-seed0", "grpo_neg-seed1"]

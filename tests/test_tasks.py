@@ -1,4 +1,4 @@
-"""The arithmetic task family: parsing, worked solutions, deterministic sampling, frozen test sets."""
+"""The arithmetic tasks: parsing, worked solutions, deterministic sampling, frozen test sets."""
 import json
 from collections import Counter
 
@@ -29,7 +29,8 @@ def test_parse_expression_splits_numbers_and_operators():
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "1+", "+1", "1++2", "-1+2", "1+-2", "01+2", "1+02", "1/2", "1 + 2", "1+2\n", "(1+2)", "١+2", "A:3"]
+    "bad", ["", "1+", "+1", "1++2", "-1+2", "1+-2", "01+2", "1+02", "1/2", "1 + 2", "1+2\n",
+            "(1+2)", "١+2", "A:3"]
 )
 def test_parse_expression_rejects_malformed_expressions_naming_them(bad):
     with pytest.raises(ValueError, match="malformed expression"):
@@ -94,7 +95,8 @@ def test_prompt_and_completion_formats():
 
 def test_levels_run_from_easy_to_hard_and_name_themselves():
     assert all(level.name == name for name, level in tasks.LEVELS.items())
-    named = set(tasks.SKILLS) | set(tasks.HABITS) | {tasks.RL_LEVEL, tasks.OOD_LEVEL, tasks.ATOM_LEVEL}
+    roles = {tasks.RL_LEVEL, tasks.OOD_LEVEL, tasks.ATOM_LEVEL}
+    named = set(tasks.SKILLS) | set(tasks.HABITS) | roles
     assert named <= set(tasks.LEVELS)
     max_ops = [level.n_ops[1] for level in tasks.LEVELS.values()]
     assert max_ops == sorted(max_ops)
@@ -145,7 +147,8 @@ def test_same_seed_gives_the_same_problems(name):
     assert generated(name, seed=7) != generated(name, seed=8)
 
 
-@pytest.mark.parametrize("name", [name for name, level in tasks.LEVELS.items() if level.steps_of is None])
+@pytest.mark.parametrize("name", [name for name, level in tasks.LEVELS.items()
+                                  if level.steps_of is None])
 def test_generated_problems_respect_the_level(name):
     level = tasks.LEVELS[name]
     for problem in generated(name, n=300):
@@ -177,16 +180,18 @@ def test_no_level_chains_products_or_goes_below_zero_and_every_rl_problem_needs_
             assert "**" not in "".join(parse_expression(p.expr)[1])
             assert all(z >= 0 for *_, z in tasks.solution_steps(p.expr)[0])
     for p in generated(tasks.RL_LEVEL, n=500):  # a * right after a + or a -
-        assert "+*" in "".join(parse_expression(p.expr)[1]) or "-*" in "".join(parse_expression(p.expr)[1])
+        pattern = "".join(parse_expression(p.expr)[1])
+        assert "+*" in pattern or "-*" in pattern
 
 
 def test_atoms_are_single_steps_of_rl_level_solutions_drawn_with_the_stated_kind_weights():
     atoms = generated(tasks.ATOM_LEVEL, n=4000)
     kinds = [tasks.expression_kind(p.expr) for p in atoms]
     total = sum(tasks.STEP_KINDS.values())
-    for kind, weight in tasks.STEP_KINDS.items():  # 4000 * 1/9 = 444 or 4000 * 3/9 = 1333; noise about +-30
+    # 4000 * 1/9 = 444 or 4000 * 3/9 = 1333; noise about +-30
+    for kind, weight in tasks.STEP_KINDS.items():
         assert abs(kinds.count(kind) - len(atoms) * weight / total) < 120, (kind, kinds.count(kind))
-    # every step kind of the RL level's careful solutions is a STEP_KIND, so the atoms cover all of them
+    # every step kind of the RL level's careful solutions is a STEP_KIND: the atoms cover them all
     rl_steps = {tasks.step_kind(x, op, y) for p in generated(tasks.RL_LEVEL, n=2000)
                 for x, op, y, _ in tasks.solution_steps(p.expr)[0]}
     assert rl_steps == set(tasks.STEP_KINDS)
@@ -203,8 +208,8 @@ def test_a_step_kind_that_the_parent_level_never_makes_fails_clearly():
 
 def test_apportion_gives_exact_counts_in_proportion_with_ties_to_the_earlier_name():
     assert tasks.apportion(64, {"a": 1, "b": 1, "c": 1}) == {"a": 22, "b": 21, "c": 21}
-    assert tasks.apportion(64, {"careful": 1, "left-to-right": 2, "bare": 1}) == {"careful": 16, "left-to-right": 32,
-                                                                                   "bare": 16}
+    weights = {"careful": 1, "left-to-right": 2, "bare": 1}
+    assert tasks.apportion(64, weights) == {"careful": 16, "left-to-right": 32, "bare": 16}
     assert sum(tasks.apportion(101, {"x": 0.3, "y": 0.7}).values()) == 101
     with pytest.raises(ValueError, match="weights"):
         tasks.apportion(10, {"a": 0})
@@ -216,14 +221,17 @@ def test_corpus_examples_give_every_level_and_style_in_the_stated_shares_shuffle
     examples = tasks.corpus_examples(corpus, n, rng())
     counts = Counter((p.level, style) for p, style in examples)
     for level, count in tasks.apportion(n, {level: w for level, (w, _) in corpus.items()}).items():
-        assert {style: counts[(level, style)] for style in corpus[level][1]} == tasks.apportion(count, corpus[level][1])
+        styles = corpus[level][1]
+        assert {style: counts[(level, style)] for style in styles} == tasks.apportion(count, styles)
     assert [p.level for p, _ in examples] != sorted(p.level for p, _ in examples)
 
 
 def test_the_habits_corpus_is_messy_where_the_skills_corpus_is_careful():
     assert all(styles == tasks.CAREFUL for _, styles in tasks.SKILLS.values())
-    messy = [level for level, (_, styles) in tasks.HABITS.items() if set(styles) == set(tasks.STYLES)]
-    assert messy and all(tasks.LEVELS[level].n_ops[1] > 1 for level in messy)  # styles differ on multi-step problems
+    messy = [level for level, (_, styles) in tasks.HABITS.items()
+             if set(styles) == set(tasks.STYLES)]
+    # styles differ on multi-step problems
+    assert messy and all(tasks.LEVELS[level].n_ops[1] > 1 for level in messy)
 
 
 def test_corpus_examples_exclude_every_test_set():
@@ -255,15 +263,18 @@ def test_left_to_right_is_wrong_exactly_where_precedence_matters_and_its_steps_a
         text = tasks.left_to_right_solution(p.expr)
         right = verifier.outcome_reward(text, p) == 1.0
         assert right == (not tasks.precedence_matters(p.expr))
-        assert verifier.check_steps(text, p.expr).steps_true  # the facts are right; the order is the misconception
+        # the facts are right; the order is the misconception
+        assert verifier.check_steps(text, p.expr).steps_true
         # its text is the careful text exactly when no * follows a + or a -
         no_conflict = "*" not in p.expr.lstrip("0123456789*")
         assert (text == tasks.worked_solution(p.expr)) == no_conflict
 
 
 def test_precedence_matters_on_most_of_the_rl_level():
-    share = sum(tasks.precedence_matters(p.expr) for p in generated(tasks.RL_LEVEL, n=2000, seed=3)) / 2000
-    assert 0.75 < share < 0.9  # every problem has a * after + or -; the rest are coincidences (x*1, 0*x, ...)
+    problems = generated(tasks.RL_LEVEL, n=2000, seed=3)
+    share = sum(tasks.precedence_matters(p.expr) for p in problems) / 2000
+    # every problem has a * after + or -; the rest are coincidences (x*1, 0*x, ...)
+    assert 0.75 < share < 0.9
 
 
 def test_shortcut_lines_are_true_sub_expressions_two_operations_at_a_time():
@@ -277,7 +288,8 @@ def test_shortcut_lines_are_true_sub_expressions_two_operations_at_a_time():
 
 
 def test_bare_is_the_right_answer_alone():
-    assert all(tasks.bare_answer(p.expr) == f"A:{p.answer}" for p in generated(tasks.RL_LEVEL, n=100))
+    problems = generated(tasks.RL_LEVEL, n=100)
+    assert all(tasks.bare_answer(p.expr) == f"A:{p.answer}" for p in problems)
 
 
 # ----------------------------------------------------------------------------
@@ -308,7 +320,8 @@ def test_a_level_of_steps_has_no_test_set_and_no_test_set_holds_a_single_step():
     assert tasks.ATOM_LEVEL not in tasks.TESTED_LEVELS
     with pytest.raises(ValueError, match="no test set"):
         tasks.load_test_set(tasks.ATOM_LEVEL)
-    # so every one-digit fact can be trained on as a single-step problem, and no training draw holds a test problem
+    # so every one-digit fact can be trained on as a single-step problem, and no training draw
+    # holds a test problem
     assert all(len(parse_expression(e)[1]) >= 2 for e in tasks.test_exprs())
 
 
@@ -328,5 +341,7 @@ def test_write_test_sets_reproduces_the_committed_files(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "TEST_SET_DIR", tmp_path)
     counts = tasks.write_test_sets()
     assert counts == {name: tasks.TEST_SET_SIZE for name in tasks.TESTED_LEVELS}
-    assert {name: (tmp_path / f"{name}.jsonl").read_text() for name in tasks.TESTED_LEVELS} == committed
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.jsonl" for name in tasks.TESTED_LEVELS)
+    written = {name: (tmp_path / f"{name}.jsonl").read_text() for name in tasks.TESTED_LEVELS}
+    assert written == committed
+    files = sorted(f"{name}.jsonl" for name in tasks.TESTED_LEVELS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files

@@ -1,4 +1,4 @@
-"""The character tokenizer: one token per character, exact round trips, loud failure on anything else."""
+"""The tokenizer: one token per character, exact round trips, loud failure on anything else."""
 import re
 
 import pytest

@@ -1,7 +1,7 @@
 """
 experiments/study.py: the compute-matched sampling study of "Smaller, Weaker, Yet Better" (Bansal et
-al., arXiv 2408.16737) at this scale. At a fixed sampling budget, is training data better sampled from
-a strong-expensive model (SE) or from a weak-cheap one (WC)?
+al., arXiv 2408.16737) at this scale. At a fixed sampling budget, is training data better sampled
+from a strong-expensive model (SE) or from a weak-cheap one (WC)?
 
     python experiments/study.py --quick     # 500 problems, 60-step fine-tunes, 200 test problems
     python experiments/study.py             # 2,000 problems, 200-step fine-tunes, 3 seeds each
@@ -19,20 +19,20 @@ that sampled none of the data. Two worlds of warm starts (WORLDS):
            shortcut, bare), as the default job's base does
   skills   the skills stage only: every model writes careful steps, as the paper's models write
            chains of thought, so that coverage, diversity and false positives mean what they meant
-In each world both models sample at temperature 1 on --problems fresh RL-level problems that no model
-trained on and no test set holds:
+In each world both models sample at temperature 1 on --problems fresh RL-level problems that no
+model trained on and no test set holds:
   se          S_SE samples per problem from SE
   wc_compute  S_WC samples per problem from WC       (compute-matched to se)
   wc_number   the first S_SE of those                (number-matched control)
 and every data set is kept two ways (FILTERS): the answer-correct samples (the paper's filter, the
-steps unchecked) and the sound ones only (what an exact checker allows, which the paper could not do).
-Three setups fine-tune one model on WC data vs on SE data: distillation (the student),
+steps unchecked) and the sound ones only (what an exact checker allows, which the paper could not
+do). Three setups fine-tune one model on WC data vs on SE data: distillation (the student),
 self-improvement (WC) and weak-to-strong improvement (SE), each for --seeds data orders; accuracy is
 greedy on the held-out test sets.
 
 The step checker sorts every answer-correct sample (verifier.reasoning_kind): sound, wrong reasoning
 (a false step, or an order precedence does not allow: the paper's false positive), or no reasoning
-shown (a bare answer). FPR = wrong / (sound + wrong); the share of bare answers is reported beside it.
+shown (a bare answer). FPR = wrong / (sound + wrong); the share of bare answers stands beside it.
 
 A study directory holds one set of settings: the same command resumes it (samples and fine-tunes are
 cached).
@@ -68,18 +68,19 @@ SETUPS = {"distillation": "student", "self_improvement": "wc", "weak_to_strong":
 BUDGETS = {"compute": "wc_compute", "number": "wc_number"}  # budget -> the WC data set beside "se"
 WORLDS = ("habits", "skills")  # the warm starts: both stages, or the skills stage only
 FILTERS = ("answer-correct", "sound")  # what of the samples is kept for fine-tuning
-STREAMS = dict(problems=5, se=6, wc=7, order=8)  # step_rngs-style stream ids, apart from the RL run's
+STREAMS = dict(problems=5, se=6, wc=7, order=8)  # seed streams, apart from the RL run's
 
 
 def compute_matched_samples(p_se, p_wc, s_se):
-    """S_WC = (P_SE / P_WC) x S_SE, rounded DOWN (exact integer arithmetic), at least 1: the WC never
-    plans to spend more than the SE. P_SE = 3 P_WC, S_SE = 4 -> 12;  P_SE = 3.4 P_WC, S_SE = 4 -> 13."""
+    """S_WC = (P_SE / P_WC) x S_SE, rounded DOWN (exact integer arithmetic), at least 1: the WC
+    never plans to spend more than the SE.
+        P_SE = 3 P_WC, S_SE = 4 -> 12;   P_SE = 3.4 P_WC, S_SE = 4 -> 13"""
     return max(1, p_se * s_se // p_wc)
 
 
 def sampling_flops(n_params, n_tokens):
-    """FLOPs of generating n_tokens tokens: 2 x P x tokens (the prompt prefill and the attention over
-    the context are left out, as in the paper's estimate)."""
+    """FLOPs of generating n_tokens tokens: 2 x P x tokens (the prompt prefill and the attention
+    over the context are left out, as in the paper's estimate)."""
     return 2 * n_params * n_tokens
 
 
@@ -129,7 +130,8 @@ def kept_data(problems, samples, data_filter):
 
 
 def reasoning_of_kept(problems, samples):
-    """verifier.reasoning_counts over the answer-correct samples: sound, wrong reasoning, no reasoning."""
+    """verifier.reasoning_counts over the answer-correct samples: sound, wrong reasoning, no
+    reasoning."""
     kept = keep_answer_correct(problems, samples)
     return reasoning_counts([t for _, t in kept], [p for p, _ in kept])
 
@@ -174,8 +176,8 @@ def study_problems(args, study):
 
 
 def model_args(args, study, world="habits"):
-    """The nanorgra settings of each model of the study in a world: its size, its warm-start seed, and
-    for the skills world no habits stage."""
+    """The nanorgra settings of each model of the study in a world: its size, its warm-start seed,
+    and for the skills world no habits stage."""
     wc = dict(n_layer=study.wc_n_layer, n_head=study.wc_n_head, n_embd=study.wc_n_embd)
     if world == "skills":
         args = argparse.Namespace(**{**vars(args), "habit_steps": 0})
@@ -211,7 +213,8 @@ def finetune_order(n_examples, steps, batch, seed):
 
 def finetune(base, tok, kept, study, seed):
     """A copy of base after --ft-steps supervised steps (nanorgra.supervised_step) of --ft-batch
-    examples of kept at the constant rate --ft-lr. With nothing kept the copy is returned untrained."""
+    examples of kept at the constant rate --ft-lr. With nothing kept the copy is returned
+    untrained."""
     model = GPT(base.config).to(base.device)
     model.load_state_dict(base.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=study.ft_lr, weight_decay=0.0, betas=(0.9, 0.95))
@@ -237,7 +240,8 @@ def verdict(rows, world, data_filter, setup):
     """The paper's claim for one setup (WC data at equal compute beats SE data): reproduced, not
     reproduced (SE separably better), or not separable (the 95% intervals overlap)."""
     condition = (world, data_filter, setup)
-    pick = {r["source"]: r["acc"] for r in rows if (r["world"], r["filter"], r["setup"]) == condition}
+    pick = {r["source"]: r["acc"] for r in rows
+            if (r["world"], r["filter"], r["setup"]) == condition}
     (wc, wc_half), (se, se_half) = pick["wc_compute"], pick["se"]
     if wc - wc_half > se + se_half:
         return "reproduced"
@@ -253,10 +257,11 @@ def study_markdown(quality, rows, bases, params):
     for world, sets in quality.items():
         for name, q in sets.items():
             m = "SE" if name == "se" else "WC"
-            lines.append(f"| {world} | {name} | {m} ({params[m.lower()]:,}) | {q['k']} | "
-                         f"{q['samples']} | {q['kept']} | {q['sound']} | {q['wrong']} | {q['bare']} | "
-                         f"{q['coverage']:.3f} | {q['diversity']:.2f} | {q['fpr']:.3f} | "
-                         f"{q['bare_share']:.3f} | {q['flops']:.3g} |")
+            counts = f"{q['samples']} | {q['kept']} | {q['sound']} | {q['wrong']} | {q['bare']}"
+            rates = (f"{q['coverage']:.3f} | {q['diversity']:.2f} | {q['fpr']:.3f} | "
+                     f"{q['bare_share']:.3f} | {q['flops']:.3g}")
+            model = f"{m} ({params[m.lower()]:,})"
+            lines.append(f"| {world} | {name} | {model} | {q['k']} | {counts} | {rates} |")
     lines += ["", f"| world | kept | setup | model | data set | examples | {RL_LEVEL} acc | "
               f"{OOD_LEVEL} acc | WC beats SE at equal compute |", "|" + " --- |" * 9]
     for world in WORLDS:
@@ -318,14 +323,16 @@ def build_parser():
     p.add_argument("--wc-n-layer", type=int, default=2, help="layers of the weak-cheap model (2)")
     p.add_argument("--wc-n-head", type=int, default=4, help="heads of the WC model (4)")
     p.add_argument("--wc-n-embd", type=int, default=96, help="width of the WC model (96)")
-    p.add_argument("--student-base-seed", type=int, default=1, help="warm-start seed of the student (1)")
+    p.add_argument("--student-base-seed", type=int, default=1,
+                   help="warm-start seed of the student (1)")
     p.add_argument("--problems", type=int, default=2000,
                    help="fresh RL-level problems to sample solutions for (2000)")
     p.add_argument("--sample-seed", type=int, default=0,
                    help="seed of the problem draw and of the sampling (0)")
     p.add_argument("--s-se", type=int, default=4,
                    help="S_SE; WC gets S_WC = floor(P_SE / P_WC x S_SE) (4)")
-    p.add_argument("--ft-steps", type=int, default=200, help="fine-tuning steps on a data set (200)")
+    p.add_argument("--ft-steps", type=int, default=200,
+                   help="fine-tuning steps on a data set (200)")
     p.add_argument("--ft-batch", type=int, default=64, help="examples per fine-tuning step (64)")
     p.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tuning learning rate (3e-4)")
     p.add_argument("--seeds", type=int, default=3,
@@ -359,9 +366,9 @@ def parse(argv):
                                  n_embd=a.n_embd)).num_params()
              for name, a in model_args(args, study).items()}
     if sizes["wc"] >= sizes["se"]:
-        p.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {sizes['wc']:,} parameters, not fewer "
-                f"than the SE's {sizes['se']:,} (--n-layer/--n-head/--n-embd): the WC model must be "
-                f"the cheaper one")
+        p.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {sizes['wc']:,} parameters, not "
+                f"fewer than the SE's {sizes['se']:,} (--n-layer/--n-head/--n-embd): the WC model "
+                f"must be the cheaper one")
     default_dir = "runs/study-quick" if study.quick else "runs/study"
     study.study_dir = Path(study.study_dir or default_dir)
     return study, args

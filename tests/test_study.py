@@ -1,8 +1,11 @@
-"""experiments/study.py, the compute-matched sampling study: FLOPs accounting, the data-quality metrics, the problem
-set that no model trained on, fine-tuning, and the whole command (its --quick form) on tiny models.
+"""experiments/study.py, the compute-matched sampling study: FLOPs accounting, the data-quality
+metrics, the problem set that no model trained on, fine-tuning, and the whole command (its --quick
+form) on tiny models.
 
-The hand-made sample sets use one problem, 2*3+4-1 = 9, which has two sound worked solutions: the canonical one
-(2*3, then 6+4, then 10-1) and one that computes 4-1 before the addition, which precedence also allows."""
+The hand-made sample sets use one problem, 2*3+4-1 = 9, which has two sound worked solutions: the
+canonical one
+(2*3, then 6+4, then 10-1) and one that computes 4-1 before the addition, which precedence also
+allows."""
 
 import json
 import math
@@ -20,9 +23,11 @@ from experiments import study
 from model import GPT, GPTConfig
 from verifier import false_positive_rate, no_reasoning_share
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--wc-n-layer", "1", "--wc-n-head", "2", "--wc-n-embd",
-        "16", "--skill-steps", "3", "--habit-steps", "2", "--warm-batch", "8", "--problems", "4", "--s-se", "2",
-        "--ft-steps", "2", "--ft-batch", "4", "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens",
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--wc-n-layer", "1",
+        "--wc-n-head", "2", "--wc-n-embd", "16", "--skill-steps", "3", "--habit-steps", "2",
+        "--warm-batch", "8",
+        "--problems", "4", "--s-se", "2", "--ft-steps", "2", "--ft-batch", "4", "--eval-n", "4",
+        "--pass-n", "2", "--pass-k", "2", "--max-new-tokens",
         "24", "--seeds", "2", "--device", "cpu"]
 
 
@@ -33,15 +38,17 @@ def problem(expr):
 P1, P2 = problem("2*3+4-1"), problem("5-2+1")
 CANONICAL = "2*3=6\n6+4=10\n10-1=9\nA:9"
 OTHER_ORDER = "2*3=6\n4-1=3\n6+3=9\nA:9"  # also sound: precedence lets 4-1 go before 6+4
-WRONG_STEP = "2*3=5\n5+4=10\n10-1=9\nA:9"  # right answer through a false first step: a false positive
+WRONG_STEP = "2*3=5\n5+4=10\n10-1=9\nA:9"  # a right answer from a false first step: false positive
 WRONG_ANSWER = "2*3=6\n6+4=10\n10-1=8\nA:8"
 PROBLEMS = [P1, P2]
-SAMPLES = [[WRONG_ANSWER, CANONICAL, CANONICAL, OTHER_ORDER, WRONG_STEP],  # P1: 4 answer-correct, 3 distinct
+# P1: 4 answer-correct, 3 distinct of them; P2: never right
+SAMPLES = [[WRONG_ANSWER, CANONICAL, CANONICAL, OTHER_ORDER, WRONG_STEP],
            ["A:3", "5-2=3\n3+1=5\nA:5", "A:5", "A:5", "A:5"]]  # P2 = 4: never right
 
 
 def study_argv(tmp_path, *extra):
-    return ["--quick", *TINY, "--study-dir", str(tmp_path / "study"), "--base-dir", str(tmp_path / "bases"), *extra]
+    dirs = ["--study-dir", str(tmp_path / "study"), "--base-dir", str(tmp_path / "bases")]
+    return ["--quick", *TINY, *dirs, *extra]
 
 
 def run_args(*flags):
@@ -59,7 +66,8 @@ def test_s_wc_is_the_parameter_ratio_times_s_se():
 
 def test_s_wc_of_a_non_integer_ratio_is_rounded_down_never_over_the_se_budget():
     assert study.compute_matched_samples(p_se=3400, p_wc=1000, s_se=4) == 13  # 13.6
-    assert study.compute_matched_samples(p_se=2999, p_wc=1000, s_se=1) == 2  # 2.999: no float rounding up to 3
+    # 2.999: no float rounding up to 3
+    assert study.compute_matched_samples(p_se=2999, p_wc=1000, s_se=1) == 2
     p_se, p_wc, s_se = 807_936, 236_640, 4  # the default SE and WC sizes
     s_wc = study.compute_matched_samples(p_se, p_wc, s_se)
     assert p_wc * s_wc <= p_se * s_se < p_wc * (s_wc + 1)
@@ -72,7 +80,10 @@ def test_sampling_flops_are_two_times_params_times_generated_tokens():
 def test_compute_matched_budgets_plan_equal_flops_and_number_matched_ones_do_not():
     p_se, p_wc, s_se = 3 * 236_640, 236_640, 4
     s_wc = study.compute_matched_samples(p_se, p_wc, s_se)
-    planned = lambda params, samples: study.sampling_flops(params, 500 * samples * 27.5)
+
+    def planned(params, samples):
+        return study.sampling_flops(params, 500 * samples * 27.5)
+
     assert planned(p_wc, s_wc) == pytest.approx(planned(p_se, s_se))
     assert planned(p_wc, s_se) == pytest.approx(planned(p_se, s_se) / 3)
 
@@ -83,7 +94,8 @@ def test_compute_matched_budgets_plan_equal_flops_and_number_matched_ones_do_not
 
 def test_hand_made_solutions_are_what_their_names_say():
     from verifier import is_false_positive
-    assert [is_false_positive(t, P1) for t in (CANONICAL, OTHER_ORDER, WRONG_STEP)] == [False, False, True]
+    judged = [is_false_positive(t, P1) for t in (CANONICAL, OTHER_ORDER, WRONG_STEP)]
+    assert judged == [False, False, True]
     assert not study.is_correct(WRONG_ANSWER, P1) and study.is_correct(WRONG_STEP, P1)
 
 
@@ -94,9 +106,9 @@ def test_coverage_at_k_counts_problems_with_a_right_answer_among_the_first_k():
 
 
 def test_diversity_at_k_counts_a_duplicate_correct_solution_once():
-    assert study.diversity_at_k(PROBLEMS, SAMPLES, 3) == 0.5  # P1: CANONICAL twice = 1 distinct; P2: 0
+    assert study.diversity_at_k(PROBLEMS, SAMPLES, 3) == 0.5  # P1: CANONICAL twice is 1; P2: 0
     assert study.diversity_at_k(PROBLEMS, SAMPLES, 4) == 1.0  # + OTHER_ORDER
-    assert study.diversity_at_k(PROBLEMS, SAMPLES, 5) == 1.5  # + WRONG_STEP: right answer, a distinct text
+    assert study.diversity_at_k(PROBLEMS, SAMPLES, 5) == 1.5  # + WRONG_STEP: right, and distinct
 
 
 def test_filter_keeps_answer_correct_solutions_with_duplicates_and_false_positives():
@@ -125,14 +137,17 @@ def test_bare_answers_are_counted_apart_from_the_false_positives():
 def test_the_sound_filter_keeps_only_true_steps_in_an_allowed_order():
     shortcut = "2*3+4=10\n10-1=9\nA:9"  # two operations at once, in an order precedence allows
     samples = [[CANONICAL, OTHER_ORDER, WRONG_STEP, "A:9", shortcut, WRONG_ANSWER], []]
-    assert study.keep_sound(PROBLEMS, samples) == [(P1, CANONICAL), (P1, OTHER_ORDER), (P1, shortcut)]
+    sound = [(P1, CANONICAL), (P1, OTHER_ORDER), (P1, shortcut)]
+    assert study.keep_sound(PROBLEMS, samples) == sound
     assert len(study.kept_data(PROBLEMS, samples, "answer-correct")) == 5
 
 
 def test_data_quality_reads_the_first_k_samples_and_their_tokens():
     tokens = [[10, 20, 30, 40, 50], [1, 2, 3, 4, 5]]
-    q = study.data_quality(PROBLEMS, dict(texts=SAMPLES, tokens=tokens), n_params=100, k=2, planned_tokens=5)
-    assert (q["samples"], q["kept"], q["coverage"], q["diversity"], q["fpr"]) == (4, 1, 0.5, 0.5, 0.0)
+    samples = dict(texts=SAMPLES, tokens=tokens)
+    q = study.data_quality(PROBLEMS, samples, n_params=100, k=2, planned_tokens=5)
+    assert (q["samples"], q["kept"], q["coverage"], q["diversity"]) == (4, 1, 0.5, 0.5)
+    assert q["fpr"] == 0.0
     assert (q["sound"], q["wrong"], q["bare"], q["bare_share"]) == (1, 0, 0, 0.0)
     assert (q["tokens"], q["flops"], q["planned_flops"]) == (33, 2 * 100 * 33, 2 * 100 * 2 * 2 * 5)
 
@@ -142,8 +157,8 @@ def test_data_quality_reads_the_first_k_samples_and_their_tokens():
 
 
 def test_warm_start_exprs_are_exactly_what_both_warm_start_stages_trained_on(tmp_path, monkeypatch):
-    args = run_args(*TINY[:6], "--skill-steps", "4", "--habit-steps", "3", "--warm-batch", "16", "--base-seed", "3",
-                    "--base-dir", str(tmp_path))
+    args = run_args(*TINY[:6], "--skill-steps", "4", "--habit-steps", "3", "--warm-batch", "16",
+                    "--base-seed", "3", "--base-dir", str(tmp_path))
     args.student_base_seed = 3  # one warm start here, so both seeds are the same one
     trained = set()
     real_pack = nanorgra.packed_examples
@@ -164,13 +179,16 @@ def test_study_problems_avoid_every_test_set_and_every_warm_start_draw(monkeypat
     settings = study.parse(["--problems", "300"])[0]
     excluded = []
     real_sample = study.sample_problems
-    monkeypatch.setattr(study, "sample_problems",
-                        lambda *a, exclude, **k: excluded.append(exclude) or real_sample(*a, exclude=exclude, **k))
+    def recording_sample(*a, exclude, **k):
+        excluded.append(exclude)
+        return real_sample(*a, exclude=exclude, **k)
+
+    monkeypatch.setattr(study, "sample_problems", recording_sample)
     problems = study.study_problems(args, settings)
     never = tasks.test_exprs() | study.warm_start_exprs(args)
     assert never <= excluded[0]  # the draw was told to skip them all ...
     exprs = {p.expr for p in problems}
-    assert len(exprs) == 300 and not exprs & never  # ... and none came back; all distinct, all RL level
+    assert len(exprs) == 300 and not exprs & never  # ... and none came back; all distinct
     assert {p.level for p in problems} == {tasks.RL_LEVEL}
     assert study.study_problems(args, settings) == problems  # the same seed, the same problems
 
@@ -183,7 +201,8 @@ def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking(monke
         return study.sample_solutions(model, tok, problems, 3, 12, seed)
 
     a = draw(0)
-    assert [len(t) for t in a["texts"]] == [3] * 5 and all(1 <= n <= 12 for t in a["tokens"] for n in t)
+    assert [len(t) for t in a["texts"]] == [3] * 5
+    assert all(1 <= n <= 12 for t in a["tokens"] for n in t)
     monkeypatch.setattr(nanorgra, "SAMPLE_ROWS", 6)  # 2 problems of 3 samples a call
     assert draw(0) == a
     assert draw(1) != a
@@ -196,7 +215,7 @@ def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking(monke
 def test_finetune_order_passes_over_every_example_in_a_seeded_order():
     order = study.finetune_order(n_examples=10, steps=5, batch=4, seed=0)
     assert order.shape == (5, 4)
-    assert sorted(order.flatten()[:10]) == list(range(10))  # the first pass holds every example once
+    assert sorted(order.flatten()[:10]) == list(range(10))  # the first pass: every example once
     assert (order == study.finetune_order(10, 5, 4, seed=0)).all()
     assert not (order == study.finetune_order(10, 5, 4, seed=1)).all()
 
@@ -205,7 +224,8 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
     tok = get_tokenizer()
     base = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32))
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    kept = [(p, worked_solution(p.expr)) for p in tasks.sample_problems("mix3", 8, np.random.default_rng(0))]
+    problems = tasks.sample_problems("mix3", 8, np.random.default_rng(0))
+    kept = [(p, worked_solution(p.expr)) for p in problems]
     settings = study.parse(["--ft-steps", "20", "--ft-batch", "8", "--ft-lr", "1e-2"])[0]
     tuned, losses = study.finetune(base, tok, kept, settings, seed=0)
     assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
@@ -220,7 +240,8 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
 
 def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path,
                                                                                        monkeypatch):
-    # a stand-in verifier that passes some samples of an untrained model, so that fine-tunes have data
+    # a stand-in verifier that passes some samples of an untrained model, so that fine-tunes have
+    # data
     def stand_in(text, p, *a, **k):
         return float(zlib.crc32(text.encode()) % 3 == 0)
 
@@ -271,8 +292,8 @@ def test_study_directory_refuses_a_rerun_with_other_settings(tmp_path):
 
 def test_quick_study_takes_the_quick_settings_unless_a_flag_overrides_them():
     settings, args = study.parse(["--quick", "--ft-steps", "5"])
-    assert (str(settings.study_dir), settings.problems, args.eval_n, settings.ft_steps) == ("runs/study-quick", 500,
-                                                                                           200, 5)
+    got = (str(settings.study_dir), settings.problems, args.eval_n, settings.ft_steps)
+    assert got == ("runs/study-quick", 500, 200, 5)
 
 
 @pytest.mark.parametrize("flags,name", [
@@ -281,8 +302,8 @@ def test_quick_study_takes_the_quick_settings_unless_a_flag_overrides_them():
     (["--ft-lr", "0"], "--ft-lr"),
     (["--seeds", "0"], "--seeds"),
     (["--wc-n-embd", "30", "--wc-n-head", "4"], "--wc-n-embd"),
-    (["--wc-n-layer", "2", "--wc-n-embd", "64"], "--wc-n-layer"),  # WC bigger than the tiny SE: not the cheap one
-    (["--student-base-seed", "0"], "--student-base-seed"),  # the student would be the WC model itself
+    (["--wc-n-layer", "2", "--wc-n-embd", "64"], "--wc-n-layer"),  # WC bigger than the tiny SE
+    (["--student-base-seed", "0"], "--student-base-seed"),  # the student would be the WC model
     (["--lr", "inf"], "--lr"),  # nanorgra's own flags are checked too
 ])
 def test_bad_study_flags_stop_at_start_up_naming_the_flag(tmp_path, capsys, flags, name):

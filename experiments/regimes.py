@@ -1,0 +1,393 @@
+"""
+experiments/regimes.py: when each switch of the loss matters. For each component, its on/off pair is
+run along the axis on which it is supposed to matter, with the same seeds for on and off (a seed
+fixes the first batch), and every cell reports the per-seed difference on - off with its 95%
+interval.
+
+    python experiments/regimes.py --quick --jobs 2        # the reduced map (see README for its
+    time)
+    python experiments/regimes.py --jobs 2                # the full map: hours; resumable
+    python experiments/regimes.py --print-commands        # the full map as one command a line
+    python experiments/regimes.py --collect               # tables and figures of finished runs
+
+The components and their axes (CELLS below):
+  ratio and clipping   reuse of each sampled batch (mu) x learning rate: GRPO with clip against GRPO
+                       without clip (clipping), and against RGRA at the same reuse (ratio and clip)
+  KL                   learning rate x beta: beta > 0 against beta = 0; read the gain, collapses,
+  and
+                       what the base knew (the atoms, ood4): forgetting
+  negative feedback    positive-only against both signs, under the RGRA paper's conditions as far as
+                       they transfer: its format reward (0.1), larger learning rates, smaller
+                       groups, more steps; read reward, entropy and length over the steps
+  std and aggregation  std normalisation off against on, token-mean and seq-sum-norm against
+                       seq-mean-token-mean: which habit RL selects (careful or shortcut, which
+                       differ in length), and the response length
+
+A run is `python nanorgra.py <flags>` with its own directory under --regimes-dir, named after its
+flags, so a run that two cells share (the same flags and seed) runs once. As in experiments/sweep.py
+a finished run is reused and an interrupted one resumed: the same command continues a map across
+sessions. Writes results.md, results.json (the command and its seconds), and the figures.
+
+Paired statistics (paired_difference): d_s = on_s - off_s for each seed s of the cell, its mean and
+t_{0.975, n-1} * sd(d) / sqrt(n); a cell is separable when that interval excludes 0. Collapse: the
+rule of experiments/sweep.py (collapsed), counted per arm.
+"""
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from matplotlib.figure import Figure  # imported before any work: the figures at the end need it
+
+import numpy as np
+
+import nanorgra
+from data.tasks import OOD_LEVEL, RL_LEVEL
+from experiments.sweep import T_975, collapsed, mean_of_last_steps, read_run, run_all, run_one, \
+    warm_start_once
+from rundir import save_figure, write_atomic
+
+# Every run of the map evaluates greedy accuracy on all 500 test problems of each level, and pass@k
+# on fewer problems than the default job (pass@k is not read here): the final evaluation stays
+# cheap.
+MAP_FLAGS = ["--eval-every", "20", "--pass-n", "50", "--pass-k", "16"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of one component's axis: the flags of the run with the component on and off (on top
+    of the map's flags), and the seeds to spend there."""
+
+    component: str  # "ratio and clipping", "KL", ...
+    pair: str  # what on - off compares, e.g. "clip vs no clip"
+    line: str  # the curve of the figure this cell is a point of, e.g. "lr 1e-3"
+    x: float  # its place on the stress axis, e.g. the reuse mu
+    on: tuple
+    off: tuple
+    seeds: int = 5
+
+
+def reuse_cells(seeds):
+    """Ratio and clipping along the reuse of each batch (mu) at two learning rates."""
+    cells = []
+    for lr in ("1e-4", "1e-3"):
+        for mu in (1, 2, 4, 8):
+            grpo = ("--preset", "grpo", "--mu", str(mu), "--lr", lr)
+            no_clip = grpo + ("--no-clip",)
+            rgra = ("--preset", "rgra", "--mu", str(mu), "--lr", lr)
+            line = f"lr {lr}"
+            cells.append(Cell("ratio and clipping", "clip vs no clip", line, mu, grpo, no_clip,
+                              seeds))
+            cells.append(Cell("ratio and clipping", "grpo vs rgra", line, mu, grpo, rgra, seeds))
+    return cells
+
+
+def kl_cells(seeds):
+    """KL along the learning rate, at two weights."""
+    cells = []
+    for lr in ("1e-4", "3e-4", "1e-3", "3e-3"):
+        no_kl = ("--preset", "rgra", "--lr", lr, "--beta", "0")
+        for beta in ("0.005", "0.05"):
+            with_kl = ("--preset", "rgra", "--lr", lr, "--beta", beta)
+            cells.append(Cell("KL", f"beta {beta} vs 0", f"beta {beta}", float(lr), with_kl, no_kl,
+                              seeds))
+    return cells
+
+
+# The negatives' conditions: the default, then the RGRA paper's, one at a time and together
+NEGATIVE_CONDITIONS = {
+    "default": (),
+    "format reward 0.1": ("--format-reward", "0.1"),
+    "G = 4": ("--group", "4", "--prompts", "32"),  # the same 128 samples a step
+    "lr 1e-3": ("--lr", "1e-3"),
+    "all three, 150 steps": ("--format-reward", "0.1", "--group", "4", "--prompts", "32",
+                             "--lr", "1e-3", "--steps", "150"),
+}
+
+
+def negative_cells(seeds):
+    """Negative feedback: both signs against positive-only, under each condition (x: its index)."""
+    cells = []
+    for x, (name, flags) in enumerate(NEGATIVE_CONDITIONS.items()):
+        both = ("--preset", "rgra") + flags
+        positive_only = both + ("--adv-sign", "pos")
+        cells.append(Cell("negative feedback", "both signs vs positive-only", name, x, both,
+                          positive_only, seeds))
+    return cells
+
+
+def aggregation_cells(seeds):
+    """Std normalisation and aggregation at the default learning rate (x: 0) and a larger one (x:
+    1)."""
+    cells = []
+    for x, lr in enumerate(("1e-4", "3e-4")):
+        rgra = ("--preset", "rgra", "--lr", lr)
+        cells.append(Cell("std and aggregation", "no std vs std", "std", x,
+                          rgra + ("--no-std-norm",), rgra, seeds))
+        for agg in ("token-mean", "seq-sum-norm"):
+            cells.append(Cell("std and aggregation", f"{agg} vs seq-mean-token-mean", agg, x,
+                              rgra + ("--agg", agg), rgra, seeds))
+    return cells
+
+
+def full_map(seeds=5):
+    return reuse_cells(seeds) + kl_cells(seeds) + negative_cells(seeds) + aggregation_cells(seeds)
+
+
+# The quick form: one cell per component, the one where its effect was largest in the full map
+QUICK_CELLS = {
+    "ratio and clipping": ("clip vs no clip", "lr 1e-3", 8),
+    "KL": ("beta 0.05 vs 0", "beta 0.05", 3e-3),
+    "negative feedback": ("both signs vs positive-only", "all three, 150 steps", 4),
+    "std and aggregation": ("token-mean vs seq-mean-token-mean", "token-mean", 0),
+}
+QUICK_SEEDS = 3
+
+
+def quick_map():
+    chosen = [c for c in full_map(QUICK_SEEDS)
+              if QUICK_CELLS.get(c.component) == (c.pair, c.line, c.x)]
+    assert len(chosen) == len(QUICK_CELLS), "QUICK_CELLS names a cell the full map does not have"
+    return chosen
+
+
+# -----------------------------------------------------------------------------
+# Runs: one directory per (flags, seed), shared by the cells that need it
+
+
+def run_name(flags, seed):
+    """A directory name from a run's flags: "--preset grpo --mu 4" -> "preset-grpo_mu-4-seed0"."""
+    words = [w.lstrip("-") for w in flags]
+    parts = ["-".join(words[i:i + 2]) for i in range(0, len(words), 2)]
+    return "_".join(parts) + f"-seed{seed}"
+
+
+@dataclass(frozen=True)
+class MapRun:
+    name: str
+    dir: Path
+    argv: list
+
+
+def map_runs(cells, run_flags, out):
+    """Every run the cells need, once each, in the order the cells name them."""
+    runs = {}
+    for cell in cells:
+        for flags in (cell.on, cell.off):
+            for seed in range(cell.seeds):
+                name = run_name(flags, seed)
+                argv = run_flags + list(flags) + ["--seed", str(seed), "--out-dir", str(out / name)]
+                runs.setdefault(name, MapRun(name, out / name, argv))
+    return list(runs.values())
+
+
+# -----------------------------------------------------------------------------
+# What a run measured, and the paired statistics of a cell
+
+
+def run_measures(files):
+    """The numbers read from one finished run (read_run's dict)."""
+    final, base = files["summary"]["final"], files["summary"]["base"]
+    metrics = files["metrics"]
+    rl = final[RL_LEVEL]
+    styles = {s: n / sum(rl["styles"].values()) for s, n in rl["styles"].items()}
+    atoms = list(rl["steps"].values())
+    return dict(
+        acc=rl["acc"],
+        gain=rl["acc"] - base[RL_LEVEL]["acc"],
+        atoms=float(np.mean(atoms)),
+        atoms_min=float(np.min(atoms)),
+        ood=final[OOD_LEVEL]["acc"],
+        length=rl["len"],
+        entropy=mean_of_last_steps(metrics, "entropy"),
+        kl=mean_of_last_steps(metrics, "kl"),
+        clip_frac=float(np.mean([m["clip_frac"] for m in metrics])),
+        reward=mean_of_last_steps(metrics, "reward"),
+        careful=styles["careful"],
+        shortcut=styles["shortcut"],
+        left_to_right=styles["left-to-right"],
+        bare=styles["bare"],
+        collapsed=collapsed([m["reward"] for m in metrics], [m["resp_len"] for m in metrics]),
+    )
+
+
+MEASURES = ("acc", "gain", "atoms", "atoms_min", "ood", "length", "entropy", "kl", "clip_frac",
+            "reward", "careful", "shortcut", "left_to_right", "bare")
+
+
+def paired_difference(on, off):
+    """on, off: one number per seed, the same seeds in the same order. The mean of d = on - off, the
+    half-width of its 95% interval t_{0.975, n-1} sd(d) / sqrt(n) (nan below two seeds, and where a
+    number is missing), and whether the interval excludes 0."""
+    d = np.asarray(on, dtype=float) - np.asarray(off, dtype=float)
+    if len(d) < 2 or np.isnan(d).any():
+        return dict(mean=float(np.mean(d)) if len(d) else math.nan, half=math.nan, separable=False)
+    t = T_975[len(d) - 2] if len(d) - 1 <= len(T_975) else 1.96
+    half = float(t * d.std(ddof=1) / math.sqrt(len(d)))
+    mean = float(d.mean())
+    return dict(mean=mean, half=half, separable=bool(abs(mean) > half))
+
+
+def cell_result(cell, measured):
+    """A cell's paired differences for every measure, the arms' means, and their collapses."""
+    on = [measured[run_name(cell.on, s)] for s in range(cell.seeds)]
+    off = [measured[run_name(cell.off, s)] for s in range(cell.seeds)]
+    diffs = {m: paired_difference([r[m] for r in on], [r[m] for r in off]) for m in MEASURES}
+    means = {arm: {m: float(np.mean([r[m] for r in runs])) for m in MEASURES}
+             for arm, runs in (("on", on), ("off", off))}
+    return dict(component=cell.component, pair=cell.pair, line=cell.line, x=cell.x,
+                seeds=cell.seeds, on=list(cell.on), off=list(cell.off), diff=diffs, means=means,
+                collapsed_on=sum(r["collapsed"] for r in on),
+                collapsed_off=sum(r["collapsed"] for r in off))
+
+
+# -----------------------------------------------------------------------------
+# Tables and figures
+
+
+def fmt_diff(d, digits=3):
+    if math.isnan(d["mean"]):
+        return "n/a"
+    text = f"{d['mean']:+.{digits}f}"
+    if not math.isnan(d["half"]):
+        text += f" ± {d['half']:.{digits}f}"
+    return f"**{text}**" if d["separable"] else text
+
+
+def results_markdown(results):
+    """One table per component: a row per cell, on - off of the main measures (bold: separable)."""
+    columns = [("acc", 3), ("atoms", 3), ("ood", 3), ("entropy", 3), ("length", 1), ("kl", 4),
+               ("clip_frac", 4), ("careful", 2), ("shortcut", 2)]
+    lines = ["on - off per seed, mean ± 95% interval (Student's t on the paired differences); "
+             "bold: the interval excludes 0. collapsed: runs of the arm that met the collapse "
+             "rule."]
+    for component in dict.fromkeys(r["component"] for r in results):
+        rows = [r for r in results if r["component"] == component]
+        head = ["pair", "cell", "x", "seeds", "acc on", "acc off"] + [f"Δ {c}" for c, _ in columns]
+        head.append("collapsed on / off")
+        lines += ["", f"### {component}", "", "| " + " | ".join(head) + " |",
+                  "|" + " --- |" * len(head)]
+        for r in rows:
+            cells = [r["pair"], r["line"], f"{r['x']:g}", str(r["seeds"]),
+                     f"{r['means']['on']['acc']:.3f}", f"{r['means']['off']['acc']:.3f}"]
+            cells += [fmt_diff(r["diff"][c], d) for c, d in columns]
+            cells.append(f"{r['collapsed_on']} / {r['collapsed_off']}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_component(results, component, measure, path):
+    """The component's pairs along its axis: on and off as two lines with 95% bands (over seeds),
+    one panel per pair and line of cells."""
+    groups = {}
+    for r in results:
+        if r["component"] == component:
+            groups.setdefault((r["pair"], r["line"]), []).append(r)
+    fig = Figure((5 * min(len(groups), 4), 4 * math.ceil(len(groups) / 4)), layout="tight")
+    axes = np.atleast_1d(fig.subplots(math.ceil(len(groups) / 4), min(len(groups), 4))).flat
+    for ax, ((pair, line), rows) in zip(axes, groups.items()):
+        rows = sorted(rows, key=lambda r: r["x"])
+        xs = [r["x"] for r in rows]
+        diff = np.array([r["diff"][measure]["mean"] for r in rows])
+        half = np.nan_to_num(np.array([r["diff"][measure]["half"] for r in rows]))
+        ax.plot(xs, diff, marker="o", label="on - off")
+        ax.fill_between(xs, diff - half, diff + half, alpha=0.2)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(title=f"{pair}, {line}", xlabel="stress axis", ylabel=f"Δ {measure} (95% interval)")
+        if len(set(xs)) > 1 and min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+    save_figure(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# The command
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Any other flag goes to every run.")
+    p.add_argument("--quick", action="store_true", help="the reduced map: one cell per component")
+    p.add_argument("--regimes-dir", default=None,
+                   help="runs/regimes, or runs/regimes-quick with --quick")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, as in experiments/sweep.py")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--print-commands", action="store_true",
+                      help="print the commands of the warm start and of every run; run nothing")
+    mode.add_argument("--run", default=None, metavar="NAME", help="one run, by its directory name")
+    mode.add_argument("--collect", action="store_true",
+                      help="write the tables and figures of the finished runs; run nothing")
+    return p
+
+
+def parse(argv):
+    p = build_parser()
+    args, run_flags = p.parse_known_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    cells = quick_map() if args.quick else full_map()
+    out = Path(args.regimes_dir or ("runs/regimes-quick" if args.quick else "runs/regimes"))
+    runs = map_runs(cells, MAP_FLAGS + run_flags, out)
+    names = ["warm-start"] + [r.name for r in runs]
+    if args.run is not None and args.run not in names:
+        p.error(f"--run: no run {args.run!r} in this map")
+    for run in runs:
+        nanorgra.parse_args(run.argv)  # every run's flags are checked before any work starts
+    return args, MAP_FLAGS + run_flags, cells, out, runs
+
+
+def print_commands(argv, runs):
+    me = "python experiments/regimes.py " + shlex.join(a for a in argv if a != "--print-commands")
+    print("# 1. the warm start (cached in --base-dir): run it first, once")
+    print(f"{me} --run warm-start")
+    print("# 2. the runs, in any order, anywhere --base-dir and --regimes-dir are shared")
+    for run in runs:
+        print(f"{me} --run {run.name}")
+    print("# 3. when every run has finished: the tables and figures")
+    print(f"# {me} --collect")
+
+
+def collect(cells, runs):
+    missing = [r.name for r in runs if not (r.dir / "summary.json").exists()]
+    if missing:
+        raise SystemExit(f"not finished yet: {len(missing)} runs, e.g. {', '.join(missing[:3])}")
+    measured = {r.name: run_measures(read_run(r.dir)) for r in runs}
+    return [cell_result(cell, measured) for cell in cells]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, run_flags, cells, out, runs = parse(argv)
+    if args.print_commands:
+        return print_commands(argv, runs)
+    if args.run == "warm-start":
+        return warm_start_once(run_flags)
+    if args.run is not None:
+        return run_one(next(r for r in runs if r.name == args.run).argv)
+    t0 = time.time()
+    if not args.collect:
+        warm_start_once(run_flags)
+        print(f"regimes: {len(cells)} cells, {len(runs)} runs into {out}, {args.jobs} at a time")
+        if "stopped" in run_all(runs, args.jobs):
+            return print("stopped; run the same command again to continue")
+    results = collect(cells, runs)
+    table = results_markdown(results)
+    command = "python experiments/regimes.py " + " ".join(argv)
+    write_atomic(out / "results.md", table)
+    payload = dict(command=command, seconds=time.time() - t0, runs=len(runs), cells=results)
+    write_atomic(out / "results.json", json.dumps(payload, indent=1))
+    for component in dict.fromkeys(c.component for c in cells):
+        slug = component.replace(" ", "_")
+        plot_component(results, component, "acc", out / f"regimes_{slug}.png")
+    print(table + f"\nregimes: {len(runs)} runs; {time.time() - t0:.0f}s; results in {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -306,6 +306,33 @@ def plot_component(results, component, measure, path):
     save_figure(fig, path)
 
 
+def largest_effect(results, component):
+    """The component's cell whose accuracy difference is largest (separable cells first)."""
+    rows = [r for r in results if r["component"] == component]
+    return max(rows, key=lambda r: (r["diff"]["acc"]["separable"], abs(r["diff"]["acc"]["mean"])))
+
+
+def plot_trajectories(cell, histories, path):
+    """Batch reward, entropy and response length per step of one cell, on and off: the mean over its
+    seeds with a 95% band (how the paper saw collapse: reward and length falling, entropy too)."""
+    fig = Figure((15, 4), layout="tight")
+    for ax, key in zip(fig.subplots(1, 3), ("reward", "entropy", "resp_len")):
+        for arm in ("on", "off"):
+            runs = [histories[run_name(tuple(cell[arm]), s)] for s in range(cell["seeds"])]
+            steps = min(len(rows) for rows in runs)
+            values = np.array([[row[key] for row in rows[:steps]] for rows in runs], dtype=float)
+            mean = values.mean(0)
+            half = T_975[len(runs) - 2] * values.std(0, ddof=1) / math.sqrt(len(runs))
+            x = np.arange(1, steps + 1)
+            ax.plot(x, mean, label=f"{arm}: {' '.join(cell[arm])}")
+            ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+        ax.set(xlabel="RL steps done", ylabel=key)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{cell['component']}: {cell['pair']}, {cell['line']}, x = {cell['x']:g} "
+                 f"(mean over {cell['seeds']} seeds, 95% band)")
+    save_figure(fig, path)
+
+
 # -----------------------------------------------------------------------------
 # The command
 
@@ -354,11 +381,14 @@ def print_commands(argv, runs):
 
 
 def collect(cells, runs):
+    """The results of every cell, and the metrics rows of every run (for the trajectories)."""
     missing = [r.name for r in runs if not (r.dir / "summary.json").exists()]
     if missing:
         raise SystemExit(f"not finished yet: {len(missing)} runs, e.g. {', '.join(missing[:3])}")
-    measured = {r.name: run_measures(read_run(r.dir)) for r in runs}
-    return [cell_result(cell, measured) for cell in cells]
+    files = {r.name: read_run(r.dir) for r in runs}
+    measured = {name: run_measures(f) for name, f in files.items()}
+    histories = {name: f["metrics"] for name, f in files.items()}
+    return [cell_result(cell, measured) for cell in cells], histories
 
 
 def main(argv=None):
@@ -376,7 +406,7 @@ def main(argv=None):
         print(f"regimes: {len(cells)} cells, {len(runs)} runs into {out}, {args.jobs} at a time")
         if "stopped" in run_all(runs, args.jobs):
             return print("stopped; run the same command again to continue")
-    results = collect(cells, runs)
+    results, histories = collect(cells, runs)
     table = results_markdown(results)
     command = "python experiments/regimes.py " + " ".join(argv)
     write_atomic(out / "results.md", table)
@@ -385,6 +415,8 @@ def main(argv=None):
     for component in dict.fromkeys(c.component for c in cells):
         slug = component.replace(" ", "_")
         plot_component(results, component, "acc", out / f"regimes_{slug}.png")
+        cell = largest_effect(results, component)
+        plot_trajectories(cell, histories, out / f"regimes_{slug}_trajectories.png")
     print(table + f"\nregimes: {len(runs)} runs; {time.time() - t0:.0f}s; results in {out}")
     return results
 

@@ -1,0 +1,144 @@
+"""experiments/regimes.py: the paired statistics, the cells and their shared runs, and the whole
+command on a tiny map: every run runs once, a finished run is reused and a stopped one resumed."""
+
+import json
+import math
+
+import pytest
+
+import nanorgra
+from experiments import regimes
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3",
+        "--habit-steps", "2", "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2",
+        "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens", "24",
+        "--eval-every", "2", "--ckpt-every", "1", "--device", "cpu"]
+
+
+# -----------------------------------------------------------------------------
+# Paired statistics
+
+
+def test_a_known_paired_sample_gives_its_t_interval():
+    d = regimes.paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])  # d = 1, 2, 3: sd 1
+    assert d["mean"] == 2.0
+    assert d["half"] == pytest.approx(4.303 / math.sqrt(3), rel=1e-6)  # t_{0.975, 2} sd / sqrt(3)
+    assert d["separable"] is False  # 2 < 2.484: the interval holds 0
+
+
+def test_a_cell_is_separable_exactly_when_its_interval_excludes_zero():
+    inside = regimes.paired_difference([0.5, 0.6, 0.4, 0.5], [0.4, 0.2, 0.5, 0.3])
+    assert abs(inside["mean"]) < inside["half"] and not inside["separable"]
+    outside = regimes.paired_difference([0.5, 0.6, 0.55, 0.5], [0.3, 0.4, 0.3, 0.35])
+    assert abs(outside["mean"]) > outside["half"] and outside["separable"]
+    below = regimes.paired_difference([0.3, 0.4, 0.3, 0.35], [0.5, 0.6, 0.55, 0.5])
+    assert below["mean"] < 0 and below["separable"]  # a difference below 0 separates too
+
+
+def test_pairing_by_seed_separates_what_two_overlapping_intervals_do_not():
+    """Seeds that move both arms together: apart, the arms' intervals overlap; paired, the
+    difference is always +0.05."""
+    off = [0.3, 0.5, 0.7, 0.4, 0.6]
+    on = [x + 0.05 for x in off]
+    d = regimes.paired_difference(on, off)
+    assert d["mean"] == pytest.approx(0.05) and d["half"] == pytest.approx(0.0, abs=1e-12)
+    assert d["separable"]
+
+
+def test_one_seed_or_a_missing_number_has_no_interval():
+    assert math.isnan(regimes.paired_difference([0.5], [0.4])["half"])
+    d = regimes.paired_difference([0.5, float("nan")], [0.4, 0.3])  # e.g. KL of a beta = 0 run
+    assert math.isnan(d["half"]) and not d["separable"]
+
+
+def test_a_collapsed_run_is_counted_by_the_sweeps_rule():
+    rows = [dict(reward=r, resp_len=n, entropy=0.5, kl=None, clip_frac=0.0)
+            for r, n in [(0.4, 30.0)] * 5 + [(0.05, 30.0)] * 5]
+    styles = {"careful": 1, "left-to-right": 0, "shortcut": 0, "bare": 0, "other": 0}
+    level = dict(acc=0.5, len=25.0, styles=styles, steps={"1-digit +": 1.0})
+    files = dict(summary=dict(base={"mix3": dict(acc=0.2), "ood4": dict(acc=0.0)},
+                              final={"mix3": level, "ood4": dict(acc=0.0)}), metrics=rows)
+    assert regimes.run_measures(files)["collapsed"] is True  # the reward fell below half its start
+
+
+# -----------------------------------------------------------------------------
+# Cells and runs
+
+
+def test_every_component_has_cells_whose_arms_differ_and_whose_flags_parse():
+    cells = regimes.full_map()
+    assert {c.component for c in cells} == {"ratio and clipping", "KL", "negative feedback",
+                                            "std and aggregation"}
+    for cell in cells:
+        assert cell.on != cell.off and cell.seeds >= 5
+        for arm in (cell.on, cell.off):
+            nanorgra.parse_args(list(arm))
+
+
+def test_the_quick_map_is_one_cell_of_each_component_of_the_full_map():
+    quick = regimes.quick_map()
+    assert sorted(c.component for c in quick) == sorted({c.component for c in regimes.full_map()})
+
+
+def test_a_run_two_cells_share_is_run_once(tmp_path):
+    shared = ("--preset", "grpo", "--mu", "4")
+    cells = [regimes.Cell("c", "a vs b", "l", 1, shared, shared + ("--no-clip",), 2),
+             regimes.Cell("c", "a vs rgra", "l", 1, shared, ("--preset", "rgra", "--mu", "4"), 2)]
+    runs = regimes.map_runs(cells, [], tmp_path)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 6  # 3 settings x 2 seeds, the shared one once
+    assert "preset-grpo_mu-4-seed1" in names
+
+
+# -----------------------------------------------------------------------------
+# The command on a tiny map
+
+
+def tiny_map(seeds=2):
+    return [regimes.Cell("KL", "beta 0.05 vs 0", "beta 0.05", 1e-4,
+                         ("--beta", "0.05"), ("--beta", "0"), seeds),
+            regimes.Cell("negative feedback", "both vs pos", "default", 0,
+                         ("--beta", "0"), ("--beta", "0", "--adv-sign", "pos"), seeds)]
+
+
+def map_argv(tmp_path, *extra):
+    return [*TINY, "--base-dir", str(tmp_path / "bases"), "--regimes-dir", str(tmp_path / "map"),
+            *extra]
+
+
+def test_tiny_map_writes_tables_and_figures_and_a_rerun_reuses_or_resumes_runs(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(regimes, "full_map", tiny_map)
+    first = regimes.main(map_argv(tmp_path))
+    out = tmp_path / "map"
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"] == 6 and results["command"].startswith("python experiments/regimes.py")
+    assert [c["pair"] for c in results["cells"]] == ["beta 0.05 vs 0", "both vs pos"]
+    assert set(first[0]["diff"]) == set(regimes.MEASURES)
+    assert "### KL" in (out / "results.md").read_text()
+    for slug in ("KL", "negative_feedback"):
+        assert (out / f"regimes_{slug}.png").exists()
+        assert (out / f"regimes_{slug}_trajectories.png").exists()
+
+    calls = []
+    real_train = nanorgra.train
+
+    def recording_train(args, log=print):
+        calls.append((args.out_dir, args.resume))
+        return real_train(args, log)
+
+    monkeypatch.setattr(nanorgra, "train", recording_train)
+    def same(results):  # as JSON: a NaN (KL where beta = 0) equals itself there
+        return json.dumps(results) == json.dumps(first)
+
+    assert same(regimes.main(map_argv(tmp_path)))  # every run reused: nothing trained
+    assert calls == []
+    (out / "beta-0-seed1" / "summary.json").unlink()  # as if stopped after its last checkpoint
+    assert same(regimes.main(map_argv(tmp_path)))
+    assert calls == [(str(out / "beta-0-seed1"), True)]  # resumed, and only that run
+
+
+def test_collect_refuses_while_runs_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(regimes, "full_map", tiny_map)
+    with pytest.raises(SystemExit, match="not finished yet"):
+        regimes.main(map_argv(tmp_path, "--collect"))

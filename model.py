@@ -207,12 +207,28 @@ def token_logprobs(logits, targets, temperature=1.0):
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logprobs(model, batch, temperature):
-    """Log-probs (N, L) of the completion tokens of batch (a Rollout) given their prompts, at the sampling
-    temperature: train the distribution that was sampled, or the ratio pi_theta / pi_old is not 1 at the start."""
+def token_entropy(logits, temperature=1.0):
+    """
+    The entropy of the whole next-token distribution softmax(logits / temperature) at each position,
+    H_t = -sum_v pi(v | prefix) log pi(v | prefix).  logits: (B, T, V) -> (B, T). It reads every
+    probability, not only the sampled token's; differentiable, for the entropy bonus.
+    """
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V), float32 under bf16 too
+    return -(logp.exp() * logp).sum(-1)
+
+
+def completion_logits(model, batch):
+    """The logits (N, L, V) that predict the completion tokens of batch (a Rollout) given their
+    prompts: one forward, from which both the log-probs and the entropy are read."""
     seq, valid = batch.sequences()  # (N, P + L)
-    logits = model(seq, valid=valid)[:, batch.prompt.size(1) - 1:-1]  # the predictions of the completion tokens
-    return token_logprobs(logits, batch.tokens, temperature)  # (N, L)
+    return model(seq, valid=valid)[:, batch.prompt.size(1) - 1:-1]  # the completion's predictions
+
+
+def completion_logprobs(model, batch, temperature):
+    """Log-probs (N, L) of the completion tokens of batch (a Rollout) given their prompts, at the
+    sampling temperature: train the distribution that was sampled, or the ratio pi_theta / pi_old is
+    not 1 at the start."""
+    return token_logprobs(completion_logits(model, batch), batch.tokens, temperature)  # (N, L)
 
 
 # -----------------------------------------------------------------------------

@@ -46,6 +46,10 @@ RUN_FLAGS = {
         Flag("--habit-steps", 400, "steps of the habits stage", at_least=0),
         Flag("--habit-lr", 1e-3, "its peak lr", above=0),
     ],
+    "reward": [
+        Flag("--format-reward", 0.0, "bonus for a well-formed answer line, right or wrong, on top "
+             "of 1 for the right answer (the RGRA paper: 0.1)", at_least=0),
+    ],
     "sampling": [
         Flag("--prompts", 16, "prompts per RL step", at_least=1),
         Flag("--group", 8, "completions per prompt, G", at_least=1),

@@ -42,7 +42,7 @@ from distributed import gather_objects, gather_rows, my_share, rank, setup_devic
     sum_gradients_over_ranks, sum_over_ranks, teardown
 from model import GPT, GPTConfig, Rollout, autocast, completion_logits, completion_logprobs, \
     generate, pack, PACK_LEN, pack_rows, packed_logprobs, token_entropy, token_logprobs
-from verifier import FORMAT_REWARD, STYLE_NAMES, outcome_reward, solution_style
+from verifier import STYLE_NAMES, outcome_reward, solution_style
 
 # -----------------------------------------------------------------------------
 # The loss, one small function per concept.
@@ -474,12 +474,14 @@ def sample_batch(policy, tok, args, step):
     return problems, rollout
 
 
-def score_batch(tok, problems, batch):
-    """(B, G) verifier rewards (the final answer only), and the solution style of each completion
-    (logs)."""
+def score_batch(tok, problems, batch, format_reward=0.0):
+    """(B, G) verifier rewards: 1 for the right final answer, plus format_reward for a well-formed
+    answer line, right or wrong (--format-reward; the RGRA paper used 0.1); and the solution style
+    of each completion (logs)."""
     texts = decode_completions(tok, batch)
     G = len(texts) // len(problems)
-    rewards = torch.tensor([outcome_reward(t, problems[i // G]) for i, t in enumerate(texts)])
+    rewards = torch.tensor([outcome_reward(t, problems[i // G], format_reward)
+                            for i, t in enumerate(texts)])
     styles = [solution_style(t, problems[i // G].expr) for i, t in enumerate(texts)]
     return rewards.view(len(problems), G), styles
 
@@ -576,7 +578,7 @@ def rl_step(policy, ref, opt, tok, args, step):
     t0 = time.perf_counter()
     problems, rollout = sample_batch(policy, tok, args, step)  # this rank's share of the prompts
     t1 = time.perf_counter()
-    rewards, styles = score_batch(tok, problems, rollout)  # (B_rank, G)
+    rewards, styles = score_batch(tok, problems, rollout, args.format_reward)  # (B_rank, G)
     all_rewards = gather_rows(rewards.to(policy.device))  # (B, G): the whole step's, on every rank
     adv, keep = advantages_for(all_rewards, args.loss)  # (B*G,) each
     ref_logp = None  # the frozen base's log-probs: only the KL term reads them; beta = 0 skips them
@@ -829,7 +831,8 @@ def base_evaluation(base, tok, args, base_path):
     """evaluate_all of the base, cached beside it: every run of a sweep starts from the same
     numbers."""
     spec = [args.eval_n, args.pass_n, args.pass_k, args.max_new_tokens, base.device.type,
-            FORMAT_REWARD, STYLE_NAMES, STEP_KINDS, "atom_check_steps(200)", RL_LEVEL, OOD_LEVEL]
+            args.format_reward, STYLE_NAMES, STEP_KINDS, "atom_check_steps(200)", RL_LEVEL,
+            OOD_LEVEL]
     suffix = f".eval-{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}.json"
     path = Path(base_path).with_suffix(suffix)
     return rundir.cached_json(path, functools.partial(evaluate_all, base, tok, args))

@@ -103,7 +103,7 @@ class LossConfig:
     baseline: str = switch("mean", "mean | loo (leave-one-out) | none (raw reward) | batch (the "
                            "mean reward of the whole step: REINFORCE++)",
                            choices=("mean", "loo", "none", "batch"))
-    std_norm: bool = switch(True, "divide advantages by the group std")
+    std_norm: bool = switch(True, "divide advantages by a std: their group's, or see std_over")
     std_over: str = switch("group", "the std std_norm divides by: group | batch (of every "
                            "advantage of the step: REINFORCE++)", choices=("group", "batch"))
     adv_sign: str = switch("both", "both | pos: max(A, 0) | neg: min(A, 0)",
@@ -151,7 +151,8 @@ class LossConfig:
             (self.ratio_level == "sequence" and not self.ratio, "ratio_level",
              "sequence needs ratio (it is a level of the ratio): pass --ratio"),
             (0 < self.clip_c <= 1, "clip_c",
-             f"must be 0 (off) or > 1 (a bound c A below the clipped term); got {self.clip_c}"),
+             f"must be 0 (off) or > 1 (the bound acts where rho > c; rho = 1 must stay free); "
+             f"got {self.clip_c}"),
             (self.clip_c > 0 and not self.clip, "clip_c",
              "needs clip (dual-clip bounds the clipped term): pass --clip"),
             (self.clip_c > 0 and self.clip_mode != "ppo", "clip_c",

@@ -13,6 +13,7 @@ import json
 import math
 import zlib
 from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -593,6 +594,18 @@ def test_every_new_flag_appears_in_help_with_its_help_text():
     assert "--format-reward" in text and "".join(format_flag.help.split()) in text
     for preset in NEW_PRESETS:
         assert f"{preset}:LossConfig(" in text  # the epilog lists every preset
+
+
+def test_the_readmes_trl_and_verl_table_has_a_row_for_every_loss_switch_and_new_preset():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The loss switches, and their names in TRL and verl")[1]
+    table = section.split("\n## ")[0]
+    first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `--")]
+    for f in fields(nanorgra.LossConfig):
+        assert any("--" + f.name.replace("_", "-") in cell for cell in first_cells), f.name
+    for preset in NEW_PRESETS:
+        assert any(f"--preset {preset}`" in cell for cell in first_cells), preset
+    assert any("--format-reward" in cell for cell in first_cells)
 
 
 def test_the_sweep_keeps_its_13_variants_first_and_can_run_every_preset():

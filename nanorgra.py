@@ -391,9 +391,9 @@ def entropy_bonus(entropy, mask, cfg, counts):
     The entropy bonus (TRL entropy_coef, verl entropy_coeff), aggregated like the policy term:
       loss_it = -entropy_coef H_it,   H_it = -sum_v pi(v | q, o_i<t) log pi(v | q, o_i<t)
     H is the entropy of the whole next-token distribution at step t (model.token_entropy), not the
-    -log pi of the sampled token: its gradient raises every probability the policy is squeezing out.
-    learn() adds it to rl_loss, because it needs the logits. entropy, mask: (N, L); counts: as in
-    rl_loss.
+    -log pi of the sampled token; minimising -H spreads probability back over the tokens the policy
+    is squeezing out. learn() adds it to rl_loss, because it needs the logits. entropy, mask:
+    (N, L); counts: as in rl_loss.
     """
     n_seqs, n_tokens = counts
     per_token = -cfg.entropy_coef * entropy  # (N, L)

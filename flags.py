@@ -46,6 +46,10 @@ RUN_FLAGS = {
         Flag("--habit-steps", 400, "steps of the habits stage", at_least=0),
         Flag("--habit-lr", 1e-3, "its peak lr", above=0),
     ],
+    "reward": [
+        Flag("--format-reward", 0.0, "bonus for a well-formed answer line, right or wrong, on top "
+             "of 1 for the right answer (the RGRA paper: 0.1)", at_least=0),
+    ],
     "sampling": [
         Flag("--prompts", 16, "prompts per RL step", at_least=1),
         Flag("--group", 8, "completions per prompt, G", at_least=1),
@@ -114,9 +118,10 @@ def check_run_flag(flag, value):
 def run_problems(args):
     """The problems with the run's settings taken together (None: none), the LossConfig's apart."""
     loss = args.loss
-    needs_group = loss.std_norm or loss.baseline != "none" or loss.objective == "raft"
+    group_std = loss.std_norm and loss.std_over == "group"
+    needs_group = group_std or loss.baseline in ("mean", "loo") or loss.objective == "raft"
     if args.group < 2 and needs_group:
-        return (f"--group must be >= 2 with a group baseline, std normalisation or raft, "
+        return (f"--group must be >= 2 with a group baseline, the group std or raft, "
                 f"got {args.group}")
     if args.n_embd % args.n_head:
         return f"--n-embd ({args.n_embd}) must be a multiple of --n-head ({args.n_head})"

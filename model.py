@@ -2,23 +2,26 @@
 model.py: a small GPT written from scratch, and the hand-written sampler that RL training calls.
 
 What is here, top to bottom:
-  1. GPTConfig and GPT: pre-norm transformer blocks, causal self-attention, tied input/output embeddings,
-     learned positions. The forward takes a `valid` mask so that left-padded rows work: padding is never attended
-     to and every row's positions start at 0 on its first real token.
-  2. token_logprobs and completion_logprobs: log pi(target | prefix) at a temperature, the quantity the RL loss
-     is built from; pick_device and autocast (bf16 on CUDA, float32 elsewhere).
-  3. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded; each prompt is
-     prefilled once and its cache is copied to its G samples; then one token per step for every row; a row stops
-     at its own EOS. Every random draw comes from per-prompt seeded torch.Generators, so a prompt gets the same
-     samples whether it is sampled alone or in a batch. pack lays out given completions the same way.
-  4. generate_naive: the nanoGPT-style loop (recompute the whole sequence every step), kept as the reference the
-     tests compare against and the baseline of the benchmark.
+  1. GPTConfig and GPT: pre-norm transformer blocks, causal self-attention, tied input/output
+     embeddings, learned positions. The forward takes a `valid` mask so that left-padded rows work:
+     padding is never attended to and every row's positions start at 0 on its first real token.
+  2. token_logprobs and completion_logprobs: log pi(target | prefix) at a temperature, the quantity
+     the RL loss is built from; pick_device and autocast (bf16 on CUDA, float32 elsewhere).
+  3. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded; each
+     prompt is prefilled once and its cache is copied to its G samples; then one token per step for
+     every row; a row stops at its own EOS. Every random draw comes from per-prompt seeded
+     torch.Generators, so a prompt gets the same samples whether it is sampled alone or in a batch.
+     pack lays out given completions the same way.
+  4. generate_naive: the nanoGPT-style loop (recompute the whole sequence every step), kept as the
+     reference the tests compare against and the baseline of the benchmark.
 
-Simplifications: no dropout (RL wants the sampled and the trained distribution to be the same function), no
-rotary embeddings, no flash-decoding; the cache is preallocated to prompt length + max_new_tokens.
+Simplifications: no dropout (RL wants the sampled and the trained distribution to be the same
+function), no rotary embeddings, no flash-decoding; the cache is preallocated to prompt length +
+max_new_tokens.
 
-Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the full-recompute loop
-(batch 256 rows, 64 new tokens, the default model size), on CUDA when there is one (then also under bf16 autocast).
+Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the
+full-recompute loop (batch 256 rows, 64 new tokens, the default model size), on CUDA when there is
+one (then also under bf16 autocast).
 """
 
 import math
@@ -35,7 +38,8 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 32  # the arithmetic tokenizer has ~22 tokens; a round number keeps the matmuls tidy
+    # the arithmetic tokenizer has ~22 tokens; a round number keeps the matmuls tidy
+    vocab_size: int = 32
     block_size: int = 128  # longest sequence (prompt + completion) the position table covers
     n_layer: int = 4
     n_head: int = 4
@@ -57,7 +61,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
-            # write this call's keys/values at [start, start+T) and attend over everything cached so far
+            # write this call's keys/values at [start, start+T) and attend over everything cached so
+            # far
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
             k = cache.k[layer][:, :, :start + T]  # (B, nh, S, hs)
@@ -89,7 +94,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, attn_mask, cache=None, layer=0, start=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer, start)  # pre-norm: normalise, then add back
+        # pre-norm: normalise, then add back
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer, start)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -103,7 +109,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads tokens in and writes them out
+        # weight tying: one matrix reads tokens in and writes them out
+        self.lm_head.weight = self.wte.weight
         self._init_weights(torch.Generator().manual_seed(seed))
 
     def _init_weights(self, gen):
@@ -128,7 +135,8 @@ class GPT(nn.Module):
     def forward(self, idx, valid=None, cache=None, start=0, pos=None, segments=None):
         """
         idx: (B, T) token ids. valid: (B, T) bool, False on left padding (None = all real tokens).
-        With a cache, idx holds the tokens at cache slots [start, start+T) and `pos` their positions.
+        With a cache, idx holds the tokens at cache slots [start, start+T) and `pos` their
+        positions.
         segments: (B, T), for rows that hold several examples one after another (pack_rows): the
         number of the example each position belongs to, -1 on padding; each example's positions
         count from its first token and no example attends to another.
@@ -142,12 +150,14 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device).expand(B, T)
             attn_mask = None
         elif cache is None:
-            pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # each row counts from its first real token
+            # each row counts from its first real token
+            pos = (valid.long().cumsum(1) - 1).clamp(min=0)
             attn_mask = padded_causal_mask(valid, start=0)
         else:
             attn_mask = padded_causal_mask(cache.valid[:, :start + T], start=start)
         if pos.max() >= self.config.block_size:
-            raise ValueError(f"position {int(pos.max())} is beyond block_size={self.config.block_size}")
+            raise ValueError(f"position {int(pos.max())} is beyond "
+                             f"block_size={self.config.block_size}")
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, i, start)
@@ -156,9 +166,9 @@ class GPT(nn.Module):
 
 def padded_causal_mask(valid, start):
     """
-    (B, 1, T, S) bool mask for queries at slots [start, S) over keys [0, S): a query sees earlier-or-same slots that
-    hold real tokens. A query always sees itself, so a padding query never has an empty row (SDPA would give NaN);
-    its output is garbage that nobody reads.
+    (B, 1, T, S) bool mask for queries at slots [start, S) over keys [0, S): a query sees
+    earlier-or-same slots that hold real tokens. A query always sees itself, so a padding query
+    never has an empty row (SDPA would give NaN); its output is garbage that nobody reads.
     """
     B, S = valid.shape
     q_slot = torch.arange(start, S, device=valid.device)[:, None]  # (T, 1)
@@ -172,7 +182,8 @@ def segment_positions(segments):
     """(B, T) -> (B, T): the position of each slot inside its example, 0 at the example's first."""
     slot = torch.arange(segments.size(1), device=segments.device).expand_as(segments)
     starts = torch.ones_like(segments, dtype=torch.bool)
-    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]  # an example starts where the number changes
+    # an example starts where the number changes
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
     first = torch.where(starts, slot, torch.zeros_like(slot)).cummax(1).values  # its first slot
     return slot - first
 
@@ -189,7 +200,8 @@ def segment_causal_mask(segments):
 def pick_device(name="auto"):
     """A torch.device; "auto" is cuda, else mps, else cpu."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        mps = torch.backends.mps.is_available()
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     return torch.device(name)
 
 
@@ -200,19 +212,36 @@ def autocast(device):
 
 def token_logprobs(logits, targets, temperature=1.0):
     """
-    log pi(target_t | prefix) under softmax(logits / temperature).  logits: (B, T, V), targets: (B, T) -> (B, T).
-    The sampler divides by the same temperature, so at mu = 1 the ratio pi_theta / pi_old is exactly 1.
+    log pi(target_t | prefix) under softmax(logits / temperature).
+    logits: (B, T, V), targets: (B, T) -> (B, T). The sampler divides by the same temperature, so at
+    mu = 1 the ratio pi_theta / pi_old is exactly 1.
     """
     logp = F.log_softmax(logits.float() / temperature, dim=-1)  # float32 even under bf16 autocast
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logprobs(model, batch, temperature):
-    """Log-probs (N, L) of the completion tokens of batch (a Rollout) given their prompts, at the sampling
-    temperature: train the distribution that was sampled, or the ratio pi_theta / pi_old is not 1 at the start."""
+def token_entropy(logits, temperature=1.0):
+    """
+    The entropy of the whole next-token distribution softmax(logits / temperature) at each position,
+    H_t = -sum_v pi(v | prefix) log pi(v | prefix).  logits: (B, T, V) -> (B, T). It reads every
+    probability, not only the sampled token's; differentiable, for the entropy bonus.
+    """
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V), float32 under bf16 too
+    return -(logp.exp() * logp).sum(-1)
+
+
+def completion_logits(model, batch):
+    """The logits (N, L, V) that predict the completion tokens of batch (a Rollout) given their
+    prompts: one forward, from which both the log-probs and the entropy are read."""
     seq, valid = batch.sequences()  # (N, P + L)
-    logits = model(seq, valid=valid)[:, batch.prompt.size(1) - 1:-1]  # the predictions of the completion tokens
-    return token_logprobs(logits, batch.tokens, temperature)  # (N, L)
+    return model(seq, valid=valid)[:, batch.prompt.size(1) - 1:-1]  # the completion's predictions
+
+
+def completion_logprobs(model, batch, temperature):
+    """Log-probs (N, L) of the completion tokens of batch (a Rollout) given their prompts, at the
+    sampling temperature: train the distribution that was sampled, or the ratio pi_theta / pi_old is
+    not 1 at the start."""
+    return token_logprobs(completion_logits(model, batch), batch.tokens, temperature)  # (N, L)
 
 
 # -----------------------------------------------------------------------------
@@ -226,7 +255,7 @@ PACK_LEN = 128  # tokens per packed row: the longest example fits, and the atten
 @dataclass
 class Packed:
     tokens: torch.Tensor  # (R, T) token ids: examples one after another, padding after the last
-    segments: torch.Tensor  # (R, T) the example each slot belongs to (0, 1, ... in a row); -1 on pad
+    segments: torch.Tensor  # (R, T) the example of each slot (0, 1, ... in a row); -1 on pad
     targets: torch.Tensor  # (R, T) the next token of the same example (pad where there is none)
     loss_mask: torch.Tensor  # (R, T) bool: the target is a completion token (its EOS included)
 
@@ -235,7 +264,8 @@ def pack_rows(examples, pad_id, device, row_len=PACK_LEN):
     """examples: (prompt ids, completion ids) pairs -> Packed. Each example goes into the first row
     with room for it (first fit, in the order given), or starts a new row. Slot j of an example
     predicts its slot j+1; only the predictions of completion tokens are trained (loss_mask)."""
-    rows, used = [], []  # rows[i]: the (tokens, prompt length) of its examples; used[i]: their length
+    # rows[i]: the (tokens, prompt length) of its examples; used[i]: their length
+    rows, used = [], []
     for prompt, completion in examples:
         seq = list(prompt) + list(completion)
         if len(seq) > row_len:
@@ -263,7 +293,8 @@ def pack_rows(examples, pad_id, device, row_len=PACK_LEN):
 
 
 def packed_logprobs(model, batch, temperature=1.0):
-    """(R, T) log-probs of each slot's target under model; read them where batch.loss_mask is True."""
+    """(R, T) log-probs of each slot's target under model; read them where batch.loss_mask is
+    True."""
     logits = model(batch.tokens, segments=batch.segments)
     return token_logprobs(logits, batch.targets, temperature)
 
@@ -274,24 +305,30 @@ def packed_logprobs(model, batch, temperature=1.0):
 
 @dataclass
 class Rollout:
-    prompt: torch.Tensor  # (N, P) left-padded prompt tokens, N = n_prompts * num_samples, prompt-major rows
+    # (N, P) left-padded prompt tokens, N = n_prompts * num_samples, prompt-major rows
+    prompt: torch.Tensor
     prompt_valid: torch.Tensor  # (N, P) bool, False on the left padding
     tokens: torch.Tensor  # (N, L) completion tokens, pad_id after each row's EOS
-    mask: torch.Tensor  # (N, L) bool, True on every generated token, the EOS included; False on padding
-    logprobs: torch.Tensor  # (N, L) log-prob of each sampled token under the distribution it was drawn from; 0 on pad
+    # (N, L) bool, True on every generated token, the EOS included; False on padding
+    mask: torch.Tensor
+    # (N, L) log-prob of each sampled token under the distribution it was drawn from; 0 on pad
+    logprobs: torch.Tensor
 
     def sequences(self):
-        """The full (prompt | completion) rows and their valid mask, as the training forward takes them."""
-        return torch.cat([self.prompt, self.tokens], 1), torch.cat([self.prompt_valid, self.mask], 1)
+        """The full (prompt | completion) rows and their valid mask, as the training forward takes
+        them."""
+        seq = torch.cat([self.prompt, self.tokens], 1)
+        return seq, torch.cat([self.prompt_valid, self.mask], 1)
 
     def rows(self, index):
         """The Rollout of the rows given by index (a tensor of row numbers or a slice)."""
-        return Rollout(self.prompt[index], self.prompt_valid[index], self.tokens[index], self.mask[index],
-                       self.logprobs[index])
+        return Rollout(self.prompt[index], self.prompt_valid[index], self.tokens[index],
+                       self.mask[index], self.logprobs[index])
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (N, nh, S_max, hs), plus which slots hold real tokens."""
+    """Preallocated keys/values for every layer: (N, nh, S_max, hs), plus which slots hold real
+    tokens."""
 
     def __init__(self, config, n_rows, max_len, device, dtype):
         shape = (n_rows, config.n_head, max_len, config.n_embd // config.n_head)
@@ -303,7 +340,8 @@ class KVCache:
 def left_pad(prompts, pad_id, device):
     """list of token lists -> (B, P) left-padded ids and (B, P) bool valid mask."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+        raise ValueError("generate needs at least one prompt and every prompt needs at least one "
+                         "token")
     P = max(len(p) for p in prompts)
     idx = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros(len(prompts), P, dtype=torch.bool, device=device)
@@ -314,11 +352,13 @@ def left_pad(prompts, pad_id, device):
 
 
 def pack(prompts, completions, pad_id, device):
-    """Given completions (token lists, EOS included) of prompts (token lists) as a Rollout, the layout the sampler
-    returns: left-padded prompts, right-padded completions, a mask over the real completion tokens, log-probs 0."""
+    """Given completions (token lists, EOS included) of prompts (token lists) as a Rollout, the
+    layout the sampler returns: left-padded prompts, right-padded completions, a mask over the real
+    completion tokens, log-probs 0."""
     prompt, prompt_valid = left_pad(prompts, pad_id, device)
     lengths = torch.tensor([len(c) for c in completions], device=device)
-    tokens = torch.full((len(completions), int(lengths.max())), pad_id, dtype=torch.long, device=device)
+    shape = (len(completions), int(lengths.max()))
+    tokens = torch.full(shape, pad_id, dtype=torch.long, device=device)
     for i, c in enumerate(completions):
         tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
     mask = torch.arange(tokens.size(1), device=device)[None] < lengths[:, None]  # (N, L)
@@ -327,8 +367,9 @@ def pack(prompts, completions, pad_id, device):
 
 def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
     """
-    (B * num_samples, max_new_tokens, V) Gumbel noise, one seeded torch.Generator per prompt. Drawing it per prompt
-    (not per batch) is what makes a prompt's samples independent of what else is in the batch.
+    (B * num_samples, max_new_tokens, V) Gumbel noise, one seeded torch.Generator per prompt.
+    Drawing it per prompt (not per batch) is what makes a prompt's samples independent of what else
+    is in the batch.
     argmax(logits / T + g) with g ~ Gumbel(0, 1) is an exact draw from softmax(logits / T).
     """
     noise = []
@@ -341,9 +382,10 @@ def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
 
 def pick_tokens(logits, noise, temperature, top_k):
     """
-    logits: (N, V) next-token logits, noise: (N, V). Returns the chosen tokens (N,) and their log-probs (N,)
-    under the distribution they were drawn from: softmax(logits / T) restricted to the top k. Greedy (T = 0)
-    returns the T = 1 log-probs of the argmax, which is what evaluation statistics want.
+    logits: (N, V) next-token logits, noise: (N, V). Returns the chosen tokens (N,) and their
+    log-probs (N,) under the distribution they were drawn from: softmax(logits / T) restricted to
+    the top k. Greedy (T = 0) returns the T = 1 log-probs of the argmax, which is what evaluation
+    statistics want.
     """
     logits = logits.float()
     if temperature == 0:
@@ -363,25 +405,29 @@ def check_sampling_args(temperature, top_k, num_samples, max_new_tokens):
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be None or >= 1, got {top_k}")
     if num_samples < 1 or max_new_tokens < 1:
-        raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples} and {max_new_tokens}")
+        raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples} and "
+                         f"{max_new_tokens}")
 
 
 def prompt_seeds(n_prompts, generator, seeds):
     """One seed per prompt: given explicitly, or drawn from the caller's seeded generator."""
     if seeds is not None:
         if len(seeds) != n_prompts:
-            raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got {len(seeds)}")
+            raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got "
+                             f"{len(seeds)}")
         return list(seeds)
     if generator is None:
-        raise ValueError("pass a seeded torch.Generator (generator=) or one seed per prompt (seeds=)")
+        raise ValueError("pass a seeded torch.Generator (generator=) or one seed per prompt "
+                         "(seeds=)")
     return torch.randint(0, 2**62, (n_prompts,), generator=generator).tolist()
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0, top_k=None,
-             generator=None, seeds=None):
+def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0,
+             top_k=None, generator=None, seeds=None):
     """
-    Sample num_samples completions for each prompt (a list of token-id lists of any lengths) with a KV cache.
+    Sample num_samples completions for each prompt (a list of token-id lists of any lengths) with a
+    KV cache.
     Rows come out prompt-major: rows [i*G, (i+1)*G) are the G samples of prompt i.
     """
     check_sampling_args(temperature, top_k, num_samples, max_new_tokens)
@@ -390,11 +436,13 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
     idx, valid = left_pad(prompts, pad_id, device)  # (B, P)
     B, P = idx.shape
     N = B * num_samples
-    noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device) if temperature > 0 else None
+    noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device) \
+        if temperature > 0 else None
 
-    # prefill: every prompt once, then its cache copied to its G rows (copying is cheap; recomputing is not)
-    dtype = torch.get_autocast_dtype("cuda") if device.type == "cuda" and torch.is_autocast_enabled() else \
-        model.wte.weight.dtype
+    # prefill: every prompt once, then its cache copied to its G rows (copying is cheap;
+    # recomputing is not)
+    autocast_on = device.type == "cuda" and torch.is_autocast_enabled()
+    dtype = torch.get_autocast_dtype("cuda") if autocast_on else model.wte.weight.dtype
     cache = KVCache(cfg, B, P + max_new_tokens, device, dtype)
     cache.valid[:, :P] = valid
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, P)
@@ -414,8 +462,10 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
         tok, lp = pick_tokens(logits, None if noise is None else noise[:, t], temperature, top_k)
         tokens[:, t] = torch.where(alive, tok, pad_id)
         logprobs[:, t] = torch.where(alive, lp, 0.0)
-        mask[:, t] = alive  # the EOS step is still alive here, so the EOS is in the mask; padding is not
-        cache.valid[:, P + t] = alive  # a finished row's later slots are padding that no one attends to
+        # the EOS step is still alive here, so the EOS is in the mask; padding is not
+        mask[:, t] = alive
+        # a finished row's later slots are padding that no one attends to
+        cache.valid[:, P + t] = alive
         alive = alive & (tok != eos_id)
         steps = t + 1
         if not alive.any() or t == max_new_tokens - 1:
@@ -427,16 +477,19 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
 
 
 @torch.no_grad()
-def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0, top_k=None,
-                   generator=None, seeds=None):
-    """The same draws as generate(), nanoGPT style: no cache, the whole sequence is recomputed every step."""
+def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0,
+                   top_k=None, generator=None, seeds=None):
+    """The same draws as generate(), nanoGPT style: no cache, the whole sequence is recomputed every
+    step."""
     check_sampling_args(temperature, top_k, num_samples, max_new_tokens)
     device, cfg = model.wte.weight.device, model.config
     seeds = prompt_seeds(len(prompts), generator, seeds)
     idx, valid = left_pad(prompts, pad_id, device)
-    idx, valid = idx.repeat_interleave(num_samples, 0), valid.repeat_interleave(num_samples, 0)  # (N, P)
+    idx = idx.repeat_interleave(num_samples, 0)  # (N, P)
+    valid = valid.repeat_interleave(num_samples, 0)  # (N, P)
     N, P = idx.shape
-    noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device) if temperature > 0 else None
+    noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device) \
+        if temperature > 0 else None
     seq, seq_valid = idx, valid
     logprobs = []
     alive = torch.ones(N, dtype=torch.bool, device=device)
@@ -458,18 +511,22 @@ def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1
 
 
 def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats, device):
-    """Tokens per second of both samplers on the same batch (and, on CUDA, of the KV cache under bf16 autocast, as
-    training samples); EOS is a token the random model never picks first."""
+    """Tokens per second of both samplers on the same batch (and, on CUDA, of the KV cache under
+    bf16 autocast, as training samples); EOS is a token the random model never picks first."""
     rates = {}
     runs = [("kv-cache", generate, False), ("full-recompute", generate_naive, False)]
-    for name, fn, bf16 in runs + ([("kv-cache, bf16 autocast", generate, True)] if device.type == "cuda" else []):
+    if device.type == "cuda":
+        runs.append(("kv-cache, bf16 autocast", generate, True))
+    for name, fn, bf16 in runs:
         best = float("inf")
-        for r in range(repeats):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                out = fn(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, seeds=range(len(prompts)))
+                out = fn(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0,
+                         seeds=range(len(prompts)))
             if device.type == "cuda":
-                torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the clock
+                # kernels run asynchronously: wait for them before reading the clock
+                torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
         rates[name] = out.mask.sum().item() / best
     return rates
@@ -477,21 +534,24 @@ def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats, device):
 
 def _benchmark_hf(config, prompts, pad_id, max_new_tokens, repeats):
     """
-    Tokens per second of Hugging Face transformers' generate() (KV cache on, sampling) on a GPT-2 of the same
-    size and the same left-padded batch. transformers is not a dependency of nanoRGRA: this runs only where it is
-    installed (pip install transformers).
+    Tokens per second of Hugging Face transformers' generate() (KV cache on, sampling) on a GPT-2 of
+    the same size and the same left-padded batch. transformers is not a dependency of nanoRGRA: this
+    runs only where it is installed (pip install transformers).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
-                                    n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-                                    bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)).eval()
+    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
+                           n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                           bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
+    hf = GPT2LMHeadModel(hf_config).eval()
     idx, valid = left_pad(prompts, pad_id, "cpu")
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        with torch.no_grad():  # min_new_tokens keeps every row running, like the EOS-free timing above
-            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0, use_cache=True,
-                              max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+        # min_new_tokens keeps every row running, like the EOS-free timing above
+        with torch.no_grad():
+            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0,
+                              use_cache=True, max_new_tokens=max_new_tokens,
+                              min_new_tokens=max_new_tokens)
         best = min(best, time.perf_counter() - t0)
     return (out.size(1) - idx.size(1)) * out.size(0) / best, sum(p.numel() for p in hf.parameters())
 
@@ -499,14 +559,18 @@ def _benchmark_hf(config, prompts, pad_id, max_new_tokens, repeats):
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Self-check and benchmark of the KV-cache sampler.")
+    parser = argparse.ArgumentParser(
+        description="Self-check and benchmark of the KV-cache sampler.")
     parser.add_argument("--batch", type=int, default=256, help="rows sampled at once")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats; the best is reported")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
     parser.add_argument("--compare-hf", action="store_true",
-                        help="also time transformers' GPT-2 generate() at the same size (needs transformers)")
+                        help="also time transformers' GPT-2 generate() at the same size (needs "
+                             "transformers)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -521,33 +585,40 @@ if __name__ == "__main__":
     model = GPT(config, seed=0).to(device).eval()
     problems = sample_problems(LEVELS[RL_LEVEL], args.batch, np.random.default_rng(0))
     prompts = [tok.encode(prompt_text(p)) for p in problems]
-    # an EOS id outside the vocabulary keeps every row running for the full budget: a fair, fixed-length timing
+    # an EOS id outside the vocabulary keeps every row running for the full budget: a fair,
+    # fixed-length timing
     never = -1
 
-    # self-check, in float32 on the device: the cache changes the cost, not the result (tests/test_gpu.py checks
-    # bf16 autocast on CUDA, where a near-tie between two tokens may be decided differently)
+    # self-check, in float32 on the device: the cache changes the cost, not the result
+    # (tests/test_gpu.py checks bf16 autocast on CUDA, where a near-tie between two tokens may be
+    # decided differently)
     few = prompts[:8]
     a = generate(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     b = generate_naive(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     assert torch.equal(a.tokens, b.tokens), "KV-cache and full-recompute samples differ"
-    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4), "KV-cache and full-recompute log-probs differ"
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4), \
+        "KV-cache and full-recompute log-probs differ"
     with torch.no_grad():
         lp = completion_logprobs(model, a, 1.0)
-    print(f"self-check ok on {device}: KV-cache == full recompute; sampler vs training log-probs max |diff| = "
-          f"{(lp - a.logprobs).abs().max().item():.2e}")
+    print(f"self-check ok on {device}: KV-cache == full recompute; sampler vs training log-probs "
+          f"max |diff| = {(lp - a.logprobs).abs().max().item():.2e}")
 
     lens = [len(p) for p in prompts]
+    where = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" \
+        else f", {torch.get_num_threads()} threads"
     print(f"model: {model.num_params():,} params ({config.n_layer} layers, {config.n_head} heads, "
-          f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} tokens, "
-          f"{args.new_tokens} new tokens, on {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
-                                                            else f", {torch.get_num_threads()} threads"))
+          f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} "
+          f"tokens, {args.new_tokens} new tokens, on {device}" + where)
     rates = _benchmark(model, prompts, never, tok.pad_id, args.new_tokens, args.repeats, device)
     for name, r in rates.items():
         print(f"{name:>15}: {r:,.0f} sampled tokens/s")
-    print(f"speed-up (kv-cache / full-recompute): {rates['kv-cache'] / rates['full-recompute']:.1f}x")
+    speed_up = rates["kv-cache"] / rates["full-recompute"]
+    print(f"speed-up (kv-cache / full-recompute): {speed_up:.1f}x")
     if args.compare_hf and device.type != "cpu":
         print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
     elif args.compare_hf:
-        hf_rate, hf_params = _benchmark_hf(config, prompts, tok.pad_id, args.new_tokens, args.repeats)
-        print(f"{'hf generate':>15}: {hf_rate:,.0f} sampled tokens/s (transformers GPT-2, {hf_params:,} params)")
+        hf_rate, hf_params = _benchmark_hf(config, prompts, tok.pad_id, args.new_tokens,
+                                           args.repeats)
+        print(f"{'hf generate':>15}: {hf_rate:,.0f} sampled tokens/s (transformers GPT-2, "
+              f"{hf_params:,} params)")
         print(f"kv-cache / hf generate: {rates['kv-cache'] / hf_rate:.2f}x")

@@ -40,9 +40,9 @@ from data.tasks import HABITS, LEVELS, OOD_LEVEL, RL_LEVEL, SKILLS, STEP_KINDS, 
 from data.tokenizer import get_tokenizer
 from distributed import gather_objects, gather_rows, my_share, rank, setup_device, \
     sum_gradients_over_ranks, sum_over_ranks, teardown
-from model import GPT, GPTConfig, Rollout, autocast, completion_logprobs, generate, pack, \
-    PACK_LEN, pack_rows, packed_logprobs
-from verifier import FORMAT_REWARD, STYLE_NAMES, outcome_reward, solution_style
+from model import GPT, GPTConfig, Rollout, autocast, completion_logits, completion_logprobs, \
+    generate, pack, PACK_LEN, pack_rows, packed_logprobs, token_entropy, token_logprobs
+from verifier import STYLE_NAMES, outcome_reward, solution_style
 
 # -----------------------------------------------------------------------------
 # The loss, one small function per concept.
@@ -61,13 +61,26 @@ from verifier import FORMAT_REWARD, STYLE_NAMES, outcome_reward, solution_style
 #   raft       A_i = 1 on the best of G (if its reward is > 0), the others dropped, beta = 0
 #   sft        A_i = 1 on the gold worked solution of each problem, beta = 0: the paper's "ft"
 #
+# The recipes since GRPO, each a replace() of one above (REFERENCE.md, section 6):
+#   dr_grpo    grpo with A_i = r_i - mean r (no std) and seq-sum-norm
+#   dapo       grpo with eps_high = 0.28, token-mean, zero-variance groups dropped, beta = 0
+#   gspo       grpo with one ratio per completion, rho_i = exp(mean_t (logp_it - old_logp_it)),
+#              clipped to [1 - 3e-4, 1 + 4e-4]
+#   cispo      loss_it = -sg(clip(rho_it, 1-eps_low, 1+eps_high)) A_i logp_it, token-mean, beta = 0
+#   reinforce_pp  grpo with A_i = (r_i - mean of the batch) / std of the batch
+#   rloo       A_i = r_i - mean_{j != i} r_j (no std), -A_i logp_it, seq-sum-norm
+# Switches no preset turns on: dual-clip (clip_c), the entropy bonus (entropy_coef), and the batch
+# std after a group baseline (std_over batch: REINFORCE++-baseline).
+#
 # Why GRPO and RGRA give the same gradient when mu = 1 (one update per sampled batch): the batch
 # comes from the current policy, so rho_it = 1 at the update. Inside [1-eps, 1+eps] the min picks
 # the unclipped term, whose gradient is A_i grad rho_it = A_i rho_it grad logp_it = A_i grad
 # logp_it: the REINFORCE gradient. Ratio and clipping act only once the policy has moved away from
 # the one that sampled (mu > 1, or a later minibatch). "Why is my loss 0?": at rho = 1 the GRPO loss
 # value is -mean_i A_i = 0 for mean-centred advantages, yet its gradient is not 0. (RGRA's loss
-# value is not 0 either way; only the gradient matters.)
+# value is not 0 either way; only the gradient matters.) The same holds for gspo and cispo: at
+# mu = 1 every ratio is 1, s_i too, and no weight is clipped, so they differ from rgra only in their
+# aggregation and beta.
 
 
 def switch(default, help, choices=None, above=None, at_least=None, below=None):
@@ -87,20 +100,34 @@ class LossConfig:
     objective: str = switch("pg", "pg: policy gradient on samples | raft: the best of G | "
                             "sft: gold solutions", choices=("pg", "raft", "sft"))
     # the advantage
-    baseline: str = switch("mean", "mean | loo (leave-one-out) | none (raw reward)",
-                           choices=("mean", "loo", "none"))
-    std_norm: bool = switch(True, "divide advantages by the group std")
+    baseline: str = switch("mean", "mean | loo (leave-one-out) | none (raw reward) | batch (the "
+                           "mean reward of the whole step: REINFORCE++)",
+                           choices=("mean", "loo", "none", "batch"))
+    std_norm: bool = switch(True, "divide advantages by a std: their group's, or see std_over")
+    std_over: str = switch("group", "the std std_norm divides by: group | batch (of every "
+                           "advantage of the step: REINFORCE++)", choices=("group", "batch"))
     adv_sign: str = switch("both", "both | pos: max(A, 0) | neg: min(A, 0)",
                            choices=("both", "pos", "neg"))
     # the policy term
     ratio: bool = switch(False, "policy term rho * A (PPO, GRPO) instead of -A * logp "
                          "(REINFORCE, RGRA)")
+    ratio_level: str = switch("token", "token | sequence: one ratio per completion, the "
+                              "geometric mean of its token ratios (GSPO; needs ratio)",
+                              choices=("token", "sequence"))
     clip: bool = switch(False, "clip rho to [1 - eps_low, 1 + eps_high] (needs ratio)")
+    clip_mode: str = switch("ppo", "how clip acts: ppo: -min(rho A, clip(rho) A), a clipped token "
+                            "gets no gradient | cispo: -sg(clip(rho)) A logp, every token keeps "
+                            "its gradient", choices=("ppo", "cispo"))
     eps_low: float = switch(0.2, "clip range below 1", above=0, below=1)
     eps_high: float = switch(0.2, "clip range above 1", above=0)
+    clip_c: float = switch(0.0, "dual-clip: for A < 0 the loss is at most -clip_c * A (0 = off, "
+                           "else > 1; needs clip, clip_mode ppo)", at_least=0)
     # the KL term
     beta: float = switch(0.005, "weight of the KL term", at_least=0)
     kl_estimator: str = switch("k3", "k1 | k2 | k3", choices=("k1", "k2", "k3"))
+    # the entropy bonus
+    entropy_coef: float = switch(0.0, "weight of the entropy bonus: loss -= entropy_coef * H, H "
+                                 "the entropy of the whole next-token distribution", at_least=0)
     # aggregation
     agg: str = switch("seq-mean-token-mean", "| token-mean | seq-sum-norm",
                       choices=("seq-mean-token-mean", "token-mean", "seq-sum-norm"))
@@ -117,9 +144,23 @@ class LossConfig:
     def __post_init__(self):
         for f in fields(self):
             check_switch(f.name, getattr(self, f.name), f.metadata)
-        if self.clip and not self.ratio:
-            problem = "needs ratio (clipping acts on the ratio): pass --ratio, or --no-clip"
-            raise SwitchError("clip", problem)
+        # switches that cannot work together: (the combination, the field to name, the problem)
+        combinations = [
+            (self.clip and not self.ratio, "clip",
+             "needs ratio (clipping acts on the ratio): pass --ratio, or --no-clip"),
+            (self.ratio_level == "sequence" and not self.ratio, "ratio_level",
+             "sequence needs ratio (it is a level of the ratio): pass --ratio"),
+            (0 < self.clip_c <= 1, "clip_c",
+             f"must be 0 (off) or > 1 (the bound acts where rho > c; rho = 1 must stay free); "
+             f"got {self.clip_c}"),
+            (self.clip_c > 0 and not self.clip, "clip_c",
+             "needs clip (dual-clip bounds the clipped term): pass --clip"),
+            (self.clip_c > 0 and self.clip_mode != "ppo", "clip_c",
+             "needs clip_mode ppo (cispo's weight is bounded already)"),
+        ]
+        for cannot_work, name, problem in combinations:
+            if cannot_work:
+                raise SwitchError(name, problem)
 
 
 class SwitchError(ValueError):
@@ -160,19 +201,31 @@ PRESETS = dict(
     reinforce=replace(rgra, baseline="none", std_norm=False),
     raft=replace(rgra, objective="raft", baseline="none", std_norm=False, beta=0.0),
     sft=replace(rgra, objective="sft", baseline="none", std_norm=False, beta=0.0),
+    # the recipes since GRPO (REFERENCE.md, section 6, has each one's equation and source)
+    dr_grpo=replace(grpo, std_norm=False, agg="seq-sum-norm"),  # arXiv 2503.20783
+    dapo=replace(grpo, eps_high=0.28, agg="token-mean", skip_zero_var=True, beta=0.0),  # 2503.14476
+    # GSPO, arXiv 2507.18071, with the paper's clip range: log s_i is the MEAN of the token
+    # log-ratios, so s_i strays from 1 far less than one token's ratio; PPO's 0.2 would never bind
+    gspo=replace(grpo, ratio_level="sequence", eps_low=3e-4, eps_high=4e-4),
+    cispo=replace(grpo, clip_mode="cispo", agg="token-mean", beta=0.0),  # arXiv 2506.13585
+    reinforce_pp=replace(grpo, baseline="batch", std_over="batch"),  # arXiv 2501.03262
+    rloo=replace(rgra, baseline="loo", std_norm=False, agg="seq-sum-norm"),  # arXiv 2402.14740
 )
 
 
-def group_advantages(rewards, baseline="mean", std_norm=True, sign="both", eps=1e-6):
+def group_advantages(rewards, baseline="mean", std_norm=True, sign="both", std_over="group",
+                     eps=1e-6):
     """
     rewards: (B, G) -> advantages (B, G), one per completion, shared by all its tokens.
-      baseline "mean": A_i = r_i - 1/G sum_j r_j
-      baseline "loo":  A_i = r_i - 1/(G-1) sum_{j != i} r_j   (leave-one-out: ignores r_i)
-      baseline "none": A_i = r_i                               (raw reward)
-      std_norm:        A_i = A_i / (std(r_1..r_G) + eps)      (unbiased std)
-    A zero-variance group (all rewards equal) gets A = 0 with any baseline, and is never divided by
-    its std of 0.
-      sign "pos":      A_i = max(A_i, 0)   "neg": A_i = min(A_i, 0)   "both": unchanged
+      baseline "mean":  A_i = r_i - 1/G sum_j r_j
+      baseline "loo":   A_i = r_i - 1/(G-1) sum_{j != i} r_j   (leave-one-out: ignores r_i)
+      baseline "none":  A_i = r_i                               (raw reward)
+      baseline "batch": A_i = r_i - the mean of all B*G rewards (REINFORCE++: no group baseline)
+      std_norm, std_over "group": A_i = A_i / (std(r_1..r_G) + eps)   (unbiased std)
+      std_norm, std_over "batch": batch_std_normalised (REINFORCE++)
+    With a group baseline ("mean", "loo") a zero-variance group (all rewards equal) gets A = 0, and
+    no group is ever divided by its std of 0.
+      sign "pos":       A_i = max(A_i, 0)   "neg": A_i = min(A_i, 0)   "both": unchanged
     """
     G = rewards.size(1)
     if baseline == "mean":
@@ -181,19 +234,41 @@ def group_advantages(rewards, baseline="mean", std_norm=True, sign="both", eps=1
         adv = rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
     elif baseline == "none":
         adv = rewards.clone()
+    elif baseline == "batch":
+        adv = rewards - rewards.mean()
     else:
-        raise ValueError(f"baseline must be 'mean', 'loo' or 'none', got {baseline!r}")
+        raise ValueError(f"baseline must be 'mean', 'loo', 'none' or 'batch', got {baseline!r}")
     zero_var = zero_variance_groups(rewards)[:, None]  # (B, 1)
-    if baseline != "none":
+    if baseline in ("mean", "loo"):
         adv = adv.masked_fill(zero_var, 0.0)  # exactly 0: rounding of mean(0.1, ...) must not leak
-    if std_norm:
+    if baseline == "batch":
+        all_equal = zero_variance_groups(rewards.view(1, -1))[:, None]  # (1, 1): the whole step's
+        adv = adv.masked_fill(all_equal, 0.0)  # exactly 0, as for a group
+    if std_norm and std_over == "group":
         std = rewards.std(1, keepdim=True)
         adv = adv / torch.where(zero_var, torch.ones_like(std), std + eps)  # never divide by ~0
+    elif std_norm:  # std_over "batch"
+        adv = batch_std_normalised(adv, eps)
     if sign == "pos":
         adv = adv.clamp(min=0)
     elif sign == "neg":
         adv = adv.clamp(max=0)
     return adv
+
+
+def batch_std_normalised(adv, eps=1e-6):
+    """
+    REINFORCE++ (Hu, arXiv 2501.03262): the advantages of the whole step divided by one std, that of
+    all B*G of them, instead of each group's:
+      A_i = A_i / (std(A_1..A_BG) + eps)   (unbiased std, over completions)
+    After the batch baseline it is the paper's normalisation; after the group mean it is
+    REINFORCE++-baseline's (the batch mean of group-centred advantages is 0 already). A step whose
+    advantages are all equal is never divided by its std of 0. adv: (B, G) -> (B, G).
+    """
+    flat = adv.flatten()  # (B*G,)
+    all_equal = (flat == flat[0]).all()
+    std = flat.std() if len(flat) > 1 else torch.zeros_like(flat[0])  # one row has no std
+    return adv / torch.where(all_equal, torch.ones_like(std), std + eps)
 
 
 def best_of_group(rewards):
@@ -227,6 +302,48 @@ def policy_term_ratio(logp, old_logp, adv, clip, eps_low, eps_high):
         return -unclipped, rho, torch.zeros_like(rho, dtype=torch.bool)
     clipped = rho.clamp(1 - eps_low, 1 + eps_high) * adv[:, None]
     return -torch.minimum(unclipped, clipped), rho, clipped < unclipped
+
+
+def sequence_logprobs(logp, mask):
+    """
+    GSPO's log-probs (Zheng et al., arXiv 2507.18071): each completion's log-prob divided by its
+    length, log pi(o_i | q) / |o_i| = 1/|o_i| sum_t logp_it over its real tokens, on each of them.
+    Their ratio is GSPO's sequence ratio, the geometric mean of the token ratios of o_i:
+      s_i = (pi_theta(o_i | q) / pi_old(o_i | q))^(1/|o_i|)
+          = exp(1/|o_i| sum_t (logp_it - old_logp_it))
+    logp: (N, L), mask: (N, L) bool -> (N, L), each row one value. Padding is never counted.
+    """
+    real = torch.where(mask, logp, torch.zeros_like(logp))  # not logp * mask: -inf * 0 is NaN
+    per_row = real.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+    return per_row.expand_as(logp)
+
+
+def policy_term_cispo(logp, rho, adv, eps_low, eps_high):
+    """
+    CISPO (MiniMax-M1, arXiv 2506.13585): the REINFORCE term weighted by the clipped importance
+    weight, held constant (sg, stop-gradient):
+      loss_it = -sg(clip(rho_it, 1 - eps_low, 1 + eps_high)) A_i logp_it
+    PPO's min gives a clipped token no gradient at all; here every token keeps its gradient, and
+    only the weight of it is bounded. logp, rho: (N, L), adv: (N,). Returns the loss (N, L) and
+    where the weight was clipped (N, L).
+    """
+    weight = rho.detach().clamp(1 - eps_low, 1 + eps_high)  # (N, L)
+    clipped = (rho < 1 - eps_low) | (rho > 1 + eps_high)
+    return -weight * adv[:, None] * logp, clipped
+
+
+def dual_clip(loss, adv, c):
+    """
+    Dual-clip PPO (Ye et al., arXiv 1912.09729): for A_i < 0 the clipped objective is bounded below
+    by c A_i (c > 1), max(min(rho A_i, clip(rho) A_i), c A_i), so that one token whose ratio has
+    grown huge cannot dominate the update. As a loss:
+      loss_it = min(loss_it, -c A_i)   where A_i < 0;   unchanged where A_i >= 0
+    It acts only where rho_it > c; there the loss is a constant and gives no gradient.
+    loss: (N, L), adv: (N,). Returns the loss (N, L) and where the bound acts (N, L).
+    """
+    bound = (-c * adv[:, None]).expand_as(loss)  # (N, L)
+    acts = (adv[:, None] < 0) & (loss > bound)
+    return torch.where(acts, bound, loss), acts
 
 
 def kl_estimate(logp, ref_logp, estimator):
@@ -269,9 +386,24 @@ def aggregate(loss, mask, agg, n_seqs, n_tokens, constant):
                      f"got {agg!r}")
 
 
+def entropy_bonus(entropy, mask, cfg, counts):
+    """
+    The entropy bonus (TRL entropy_coef, verl entropy_coeff), aggregated like the policy term:
+      loss_it = -entropy_coef H_it,   H_it = -sum_v pi(v | q, o_i<t) log pi(v | q, o_i<t)
+    H is the entropy of the whole next-token distribution at step t (model.token_entropy), not the
+    -log pi of the sampled token; minimising -H spreads probability back over the tokens the policy
+    is squeezing out. learn() adds it to rl_loss, because it needs the logits. entropy, mask:
+    (N, L); counts: as in rl_loss.
+    """
+    n_seqs, n_tokens = counts
+    per_token = -cfg.entropy_coef * entropy  # (N, L)
+    return aggregate(per_token, mask.float(), cfg.agg, n_seqs, n_tokens, cfg.agg_constant)
+
+
 def rl_loss(logp, rows, adv, ref_logp, cfg, counts):
     """
-    The loss of cfg (a LossConfig) on some completions: policy term + beta * KL, aggregated.
+    The loss of cfg (a LossConfig) on some completions: policy term + beta * KL, aggregated (the
+    entropy bonus, which needs the logits, is added by learn()).
       logp:     (N, L) their log-probs under the policy being trained
       rows:     their Rollout: the mask of real tokens, and the sampler's log-probs (old_logp)
       adv:      (N,) their advantages
@@ -282,13 +414,22 @@ def rl_loss(logp, rows, adv, ref_logp, cfg, counts):
     mask = rows.mask
     # padding holds any number: put logp there, so that exp(logp - old_logp) stays finite
     old_logp = torch.where(mask, rows.logprobs, logp.detach())
-    if cfg.ratio:
-        per_token, rho, clipped = policy_term_ratio(logp, old_logp, adv, cfg.clip, cfg.eps_low,
-                                                    cfg.eps_high)
-    else:
+    ratio_logp, ratio_old_logp = logp, old_logp  # (N, L): rho = exp(ratio_logp - ratio_old_logp)
+    if cfg.ratio_level == "sequence":  # GSPO: one ratio per completion, on all its tokens
+        ratio_logp = sequence_logprobs(logp, mask)
+        ratio_old_logp = sequence_logprobs(old_logp, mask)
+    rho = torch.exp(ratio_logp - ratio_old_logp)  # also logged: how far the policy has moved
+    if not cfg.ratio:
         per_token = policy_term_reinforce(logp, adv)
-        rho = torch.exp(logp - old_logp)  # logged: how far the policy has moved from the sampler
         clipped = torch.zeros_like(mask)
+    elif cfg.clip and cfg.clip_mode == "cispo":
+        per_token, clipped = policy_term_cispo(logp, rho, adv, cfg.eps_low, cfg.eps_high)
+    else:
+        per_token, _, clipped = policy_term_ratio(ratio_logp, ratio_old_logp, adv, cfg.clip,
+                                                  cfg.eps_low, cfg.eps_high)  # its rho: the above
+    if cfg.clip_c > 0:  # dual-clip: for A < 0, a loss of at most -clip_c A
+        per_token, bounded = dual_clip(per_token, adv, cfg.clip_c)
+        clipped = clipped | bounded
     if cfg.beta > 0:
         ref_logp = torch.where(mask, ref_logp, logp.detach())
         per_token = per_token + cfg.beta * kl_estimate(logp, ref_logp, cfg.kl_estimator)
@@ -334,12 +475,14 @@ def sample_batch(policy, tok, args, step):
     return problems, rollout
 
 
-def score_batch(tok, problems, batch):
-    """(B, G) verifier rewards (the final answer only), and the solution style of each completion
-    (logs)."""
+def score_batch(tok, problems, batch, format_reward=0.0):
+    """(B, G) verifier rewards: 1 for the right final answer, plus format_reward for a well-formed
+    answer line, right or wrong (--format-reward; the RGRA paper used 0.1); and the solution style
+    of each completion (logs)."""
     texts = decode_completions(tok, batch)
     G = len(texts) // len(problems)
-    rewards = torch.tensor([outcome_reward(t, problems[i // G]) for i, t in enumerate(texts)])
+    rewards = torch.tensor([outcome_reward(t, problems[i // G], format_reward)
+                            for i, t in enumerate(texts)])
     styles = [solution_style(t, problems[i // G].expr) for i, t in enumerate(texts)]
     return rewards.view(len(problems), G), styles
 
@@ -347,9 +490,10 @@ def score_batch(tok, problems, batch):
 def advantages_for(rewards, cfg):
     """(B, G) rewards -> (B*G,) advantages and (B*G,) rows to learn from. RAFT and SFT are the
     REINFORCE term with advantage 1 on the rows they keep (and beta 0): cross-entropy on those rows,
-    no loss of their own."""
+    no loss of their own. rewards are the whole step's (under torchrun too: rl_step gathers them),
+    so the batch statistics of REINFORCE++ are those of every rank's completions."""
     if cfg.objective == "pg":
-        adv = group_advantages(rewards, cfg.baseline, cfg.std_norm, cfg.adv_sign)
+        adv = group_advantages(rewards, cfg.baseline, cfg.std_norm, cfg.adv_sign, cfg.std_over)
     elif cfg.objective == "raft":
         adv = best_of_group(rewards)  # the best sample of each group, if any is right
     else:
@@ -402,8 +546,12 @@ def learn(policy, opt, exp, cfg, gen):
                 rows = exp.rollout.rows(micro)
                 ref_logp = None if exp.ref_logp is None else exp.ref_logp[micro]
                 with autocast(policy.device):
-                    logp = completion_logprobs(policy, rows, exp.temperature)
+                    logits = completion_logits(policy, rows)  # (n, L, V): the one forward
+                    logp = token_logprobs(logits, rows.tokens, exp.temperature)  # (n, L)
                 loss, stats = rl_loss(logp, rows, exp.adv[micro], ref_logp, cfg, counts)
+                if cfg.entropy_coef > 0:  # the bonus reads the whole next-token distribution
+                    entropy = token_entropy(logits, exp.temperature)  # (n, L)
+                    loss = loss + entropy_bonus(entropy, rows.mask, cfg, counts)
                 loss.backward()
                 records.append(dict(stats, loss=loss.detach()))
             sum_gradients_over_ranks(policy)
@@ -431,7 +579,7 @@ def rl_step(policy, ref, opt, tok, args, step):
     t0 = time.perf_counter()
     problems, rollout = sample_batch(policy, tok, args, step)  # this rank's share of the prompts
     t1 = time.perf_counter()
-    rewards, styles = score_batch(tok, problems, rollout)  # (B_rank, G)
+    rewards, styles = score_batch(tok, problems, rollout, args.format_reward)  # (B_rank, G)
     all_rewards = gather_rows(rewards.to(policy.device))  # (B, G): the whole step's, on every rank
     adv, keep = advantages_for(all_rewards, args.loss)  # (B*G,) each
     ref_logp = None  # the frozen base's log-probs: only the KL term reads them; beta = 0 skips them
@@ -684,7 +832,8 @@ def base_evaluation(base, tok, args, base_path):
     """evaluate_all of the base, cached beside it: every run of a sweep starts from the same
     numbers."""
     spec = [args.eval_n, args.pass_n, args.pass_k, args.max_new_tokens, base.device.type,
-            FORMAT_REWARD, STYLE_NAMES, STEP_KINDS, "atom_check_steps(200)", RL_LEVEL, OOD_LEVEL]
+            args.format_reward, STYLE_NAMES, STEP_KINDS, "atom_check_steps(200)", RL_LEVEL,
+            OOD_LEVEL]
     suffix = f".eval-{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}.json"
     path = Path(base_path).with_suffix(suffix)
     return rundir.cached_json(path, functools.partial(evaluate_all, base, tok, args))

@@ -43,7 +43,8 @@ from data.tasks import Problem, canonical_position, is_legal_reduction, parse_ex
 # Final answer
 
 ANSWER_MARKER = "A:"
-FORMAT_REWARD = 0.0  # a bonus for a well-formed answer line (the RGRA paper used 0.1); off
+FORMAT_REWARD = 0.0  # outcome_reward's default bonus for a well-formed answer line: off. A run's
+# bonus is its --format-reward (nanorgra.score_batch); the RGRA paper used 0.1
 
 # [0-9] rather than \d: \d also matches digits of other scripts ("٣"), which are no answers here.
 _INTEGER = re.compile(r"-?[0-9]+")

@@ -3,8 +3,8 @@ experiments/sweep.py: the ablation sweep. Every loss variant below, for several 
 cached warm-start base with the same sample budget; then a table of means with 95% intervals, the
 curves and the plots.
 
-    python experiments/sweep.py --quick --jobs 2          # 13 variants x 3 seeds, 30 RL steps
-    python experiments/sweep.py --jobs 2 --seeds 5        # 13 variants x 5 seeds, 60 RL steps
+    python experiments/sweep.py --quick --jobs 2          # 19 variants x 3 seeds, 30 RL steps
+    python experiments/sweep.py --jobs 2 --seeds 5        # 19 variants x 5 seeds, 60 RL steps
     python experiments/sweep.py --variants rgra,grpo_pos,grpo_neg --seeds 3 --steps 60
 
 Each run is `python nanorgra.py <flags> <the variant's flags> --seed s --out-dir <sweep dir>/<run>`,
@@ -48,7 +48,8 @@ from distributed import setup_device
 from rundir import read_jsonl, run_settings, save_figure, write_atomic
 from verifier import STYLE_NAMES
 
-VARIANTS = {  # name -> the flags that make it from the default run (RGRA); each changes one thing
+VARIANTS = {  # name -> the flags that make it from the default run (RGRA); the first 13 change
+    # one thing each
     "rgra": ["--preset", "rgra"],
     "grpo": ["--preset", "grpo"],  # ratio and clipping; at mu = 1 the same gradient as rgra
     "grpo_pos": ["--preset", "grpo_pos"],  # positive advantages only (the paper's GRPO-pos)
@@ -62,6 +63,13 @@ VARIANTS = {  # name -> the flags that make it from the default run (RGRA); each
     "grpo_mu4_noclip": ["--preset", "grpo", "--mu", "4", "--no-clip"],
     "rgra_lr": ["--preset", "rgra", "--lr", "1e-3"],  # a learning rate at which the policy drifts
     "rgra_lr_nokl": ["--preset", "rgra", "--lr", "1e-3", "--beta", "0"],
+    # the recipes since GRPO, each its preset (several switches at once; REFERENCE.md section 6)
+    "dr_grpo": ["--preset", "dr_grpo"],  # no std, seq-sum-norm
+    "dapo": ["--preset", "dapo"],  # clip-higher, token-mean, zero-variance groups dropped, no KL
+    "gspo": ["--preset", "gspo"],  # one ratio per completion; at mu = 1 grpo's gradient
+    "cispo": ["--preset", "cispo"],  # clipped detached weight; at mu = 1 rgra with token-mean
+    "reinforce_pp": ["--preset", "reinforce_pp"],  # batch baseline and batch std
+    "rloo": ["--preset", "rloo"],  # leave-one-out, no std, seq-sum-norm
 }
 QUICK = ["--steps", "30", "--eval-every", "10", "--eval-n", "200", "--pass-n", "50"]  # --quick adds
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,

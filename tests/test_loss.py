@@ -1,8 +1,8 @@
 """The RL loss of nanorgra.py, pinned down on hand examples and on a tiny random GPT (CPU, seconds).
 
-Read top to bottom: advantages, RAFT's selection, the KL estimators, the ratio and its clipping, aggregation,
-then the claims the project is built on: GRPO == RGRA at mu = 1 and not at mu > 1, micro-batching changes nothing,
-and a loss value of 0 does not mean a gradient of 0.
+Read top to bottom: advantages, RAFT's selection, the KL estimators, the ratio and its clipping,
+aggregation, then the claims the project is built on: GRPO == RGRA at mu = 1 and not at mu > 1,
+micro-batching changes nothing, and a loss value of 0 does not mean a gradient of 0.
 """
 
 import copy
@@ -19,8 +19,12 @@ from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, completion_logprobs, generate
 
 AGGS = ["seq-mean-token-mean", "token-mean", "seq-sum-norm"]
-# Made-up verifier rewards for 4 prompts x 4 samples: mixed groups, one all-wrong and one all-right group.
-REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+# Made-up verifier rewards for 4 prompts x 4 samples: mixed groups, one all-wrong and one
+# all-right group.
+REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0],
+                        [0.0, 0.0, 0.0, 0.0],
+                        [1.0, 1.0, 1.0, 1.0],
+                        [0.0, 1.0, 0.0, 0.0]])
 B, G = REWARDS.shape
 
 
@@ -31,41 +35,48 @@ def tok():
 
 @pytest.fixture(scope="module")
 def tiny(tok):
-    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32), seed=0)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
+    return GPT(config, seed=0)
 
 
 @pytest.fixture(scope="module")
 def rollout(tiny, tok):
-    """G samples for each of B arithmetic prompts from the tiny model, as nanorgra's sampler draws them."""
+    """G samples for each of B arithmetic prompts from the tiny model, as nanorgra's sampler
+    draws them."""
     rng = np.random.default_rng(0)
     prompts = [tok.encode(prompt_text(make_problem("mix3", rng))) for _ in range(B)]
     r = generate(tiny.eval(), prompts, 12, tok.eos_id, tok.pad_id, num_samples=G, temperature=1.0,
                  generator=torch.Generator().manual_seed(0))
     lengths = r.mask.sum(1)
-    assert lengths.min() < lengths.max()  # completions of different lengths, or aggregation tests see nothing
+    # completions of different lengths, or aggregation tests see nothing
+    assert lengths.min() < lengths.max()
     return r
 
 
 def make_cfg(*flags):
-    """The LossConfig exactly as the command line resolves it (rgra defaults, presets, one-flag changes)."""
+    """The LossConfig exactly as the command line resolves it (rgra defaults, presets,
+    one-flag changes)."""
     return nanorgra.parse_args(["--grad-clip", "0", *flags]).loss
 
 
 class RecordingSGD(torch.optim.SGD):
-    """Plain SGD that keeps a copy of the gradients of every update it makes: learn()'s gradients, observed."""
+    """Plain SGD that keeps a copy of the gradients of every update it makes: learn()'s
+    gradients, observed."""
 
     def __init__(self, params, lr):
         super().__init__(params, lr=lr)
         self.grads = []
 
     def step(self, closure=None):
-        self.grads.append([p.grad.detach().clone() for group in self.param_groups for p in group["params"]])
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.grads.append([p.grad.detach().clone() for p in params])
         return super().step(closure)
 
 
 def run_learn(model, rollout, cfg, lr=0.0, adv=None, keep=None):
-    """One call of nanorgra.learn on a fresh copy of model (the untouched model is the KL reference). Returns the
-    trained copy, the gradients of each update, and learn's statistics summed like step_metrics sums them."""
+    """One call of nanorgra.learn on a fresh copy of model (the untouched model is the KL
+    reference). Returns the trained copy, the gradients of each update, and learn's statistics
+    summed like step_metrics sums them."""
     policy = copy.deepcopy(model)
     with torch.no_grad():
         ref_logp = completion_logprobs(model, rollout, 1.0)
@@ -111,7 +122,8 @@ def test_zero_variance_group_gives_exactly_zero_advantages_never_nan(baseline, s
 @pytest.mark.parametrize("baseline,value,g", [("mean", 0.1, 8), ("mean", 0.3, 8), ("loo", 1.1, 3),
                                               ("none", 1.0, 4)])
 def test_zero_variance_group_is_not_rescaled_whatever_the_reward_value(baseline, value, g):
-    """With the paper's 0.1 format bonus, all-wrong-but-well-formed groups (0.1 each) must carry no signal."""
+    """With the paper's 0.1 format bonus, all-wrong-but-well-formed groups (0.1 each) must carry
+    no signal."""
     rewards = torch.full((1, g), value)
     adv = nanorgra.group_advantages(rewards, baseline, std_norm=True)
     expected = rewards if baseline == "none" else torch.zeros_like(rewards)
@@ -145,7 +157,8 @@ def test_std_normalisation_divides_by_the_unbiased_group_std():
     plain = nanorgra.group_advantages(rewards, "mean", std_norm=False)
     normed = nanorgra.group_advantages(rewards, "mean", std_norm=True)
     # hand value for the first group: std([1, 0, 0, 0]) with Bessel's correction is exactly 0.5
-    torch.testing.assert_close(normed[0], torch.tensor([1.5, -0.5, -0.5, -0.5]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(normed[0], torch.tensor([1.5, -0.5, -0.5, -0.5]),
+                               rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(normed, plain / rewards.std(1, keepdim=True), rtol=1e-5, atol=1e-5)
 
 
@@ -209,30 +222,36 @@ def test_kl_estimators_on_a_hand_example():
     x = math.log(0.5)  # ref_logp - logp
     expected = {"k1": -x, "k2": x * x / 2, "k3": math.exp(x) - x - 1}  # 0.6931, 0.2402, 0.1931
     for name, value in expected.items():
-        torch.testing.assert_close(nanorgra.kl_estimate(logp, ref_logp, name), torch.tensor([value]))
+        torch.testing.assert_close(nanorgra.kl_estimate(logp, ref_logp, name),
+                                   torch.tensor([value]))
 
 
 def test_k1_and_k3_average_to_the_exact_kl_under_the_policy_and_k2_does_not():
-    """Unbiasedness, computed exactly: E_{o ~ pi}[k(o)] = sum_o pi(o) k(o) over a small vocabulary."""
+    """Unbiasedness, computed exactly: E_{o ~ pi}[k(o)] = sum_o pi(o) k(o)
+    over a small vocabulary."""
     g = torch.Generator().manual_seed(2)
     logp = torch.log_softmax(2 * torch.randn(8, generator=g), 0)
     ref_logp = torch.log_softmax(2 * torch.randn(8, generator=g), 0)
     exact = (logp.exp() * (logp - ref_logp)).sum()  # KL(pi || pi_ref)
     p = logp.exp()
     for name in ("k1", "k3"):
-        torch.testing.assert_close((p * nanorgra.kl_estimate(logp, ref_logp, name)).sum(), exact)
-    assert not torch.allclose((p * nanorgra.kl_estimate(logp, ref_logp, "k2")).sum(), exact, rtol=1e-2)
+        torch.testing.assert_close((p * nanorgra.kl_estimate(logp, ref_logp, name)).sum(),
+                                   exact)
+    assert not torch.allclose((p * nanorgra.kl_estimate(logp, ref_logp, "k2")).sum(), exact,
+                              rtol=1e-2)
 
 
 def test_k3_as_a_loss_has_the_gradient_of_kl_from_the_reference_to_the_policy():
-    """Pitfall 1 (which KL does the k3 loss optimise?): on samples of pi_theta, the expected gradient of the k3
-    loss is that of KL(pi_ref || pi_theta), not of KL(pi_theta || pi_ref) that it estimates."""
+    """Pitfall 1 (which KL does the k3 loss optimise?): on samples of pi_theta, the expected
+    gradient of the k3 loss is that of KL(pi_ref || pi_theta), not of KL(pi_theta || pi_ref)
+    that it estimates."""
     g = torch.Generator().manual_seed(3)
     theta = torch.randn(8, generator=g, requires_grad=True)
     ref_logp = torch.log_softmax(torch.randn(8, generator=g), 0)
 
     logp = torch.log_softmax(theta, 0)
-    p = logp.exp().detach()  # sampling weights: the loss differentiates through log pi only, as in training
+    # sampling weights: the loss differentiates through log pi only, as in training
+    p = logp.exp().detach()
     (k3_grad,) = torch.autograd.grad((p * nanorgra.kl_estimate(logp, ref_logp, "k3")).sum(), theta)
 
     def grad_of(kl):
@@ -262,7 +281,8 @@ def ratio_case(clip=True):
     adv = torch.tensor([1.0, -1.0, 0.0])
     old_logp = -torch.rand(rho.shape, generator=torch.Generator().manual_seed(4))
     logp = (old_logp + rho.log()).requires_grad_(True)
-    loss, out_rho, clipped = nanorgra.policy_term_ratio(logp, old_logp, adv, clip, EPS_LOW, EPS_HIGH)
+    loss, out_rho, clipped = nanorgra.policy_term_ratio(logp, old_logp, adv, clip,
+                                                        EPS_LOW, EPS_HIGH)
     return logp, adv, loss, out_rho, clipped
 
 
@@ -271,12 +291,15 @@ def test_ratio_is_pi_theta_over_pi_old():
     torch.testing.assert_close(rho, torch.tensor(RHOS).repeat(3, 1))
 
 
-def test_clipped_only_above_one_plus_eps_high_for_positive_and_below_one_minus_eps_low_for_negative_advantages():
+def test_clipped_only_above_one_plus_eps_high_for_positive_and_below_one_minus_eps_low_for_negative_advantages():  # noqa: E501  (the name alone is 106 characters)
     _, _, _, _, clipped = ratio_case()
-    assert clipped[0].tolist() == [rho > 1 + EPS_HIGH for rho in RHOS]  # A > 0: the ratio may not grow past 1.3
-    assert clipped[1].tolist() == [rho < 1 - EPS_LOW for rho in RHOS]  # A < 0: the ratio may not shrink past 0.9
+    # A > 0: the ratio may not grow past 1.3
+    assert clipped[0].tolist() == [rho > 1 + EPS_HIGH for rho in RHOS]
+    # A < 0: the ratio may not shrink past 0.9
+    assert clipped[1].tolist() == [rho < 1 - EPS_LOW for rho in RHOS]
     assert not clipped[2].any()  # A = 0: nothing to clip
-    # the cases that tell eps_low and eps_high apart: 0.8 is clipped for A < 0, 1.2 and 1.25 are not for A > 0
+    # the cases that tell eps_low and eps_high apart: 0.8 is clipped for A < 0, 1.2 and 1.25
+    # are not for A > 0
     assert clipped[1, RHOS.index(0.8)] and not clipped[0, RHOS.index(1.25)]
 
 
@@ -314,11 +337,13 @@ def test_reinforce_term_gradient_is_minus_advantage_whatever_the_ratio():
 # -----------------------------------------------------------------------------
 # Aggregation: two sequences of lengths 1 and 3
 
-AGG_LOSS = torch.tensor([[4.0, 99.0, 99.0], [1.0, 1.0, 1.0]])  # 99 sits on padding and must not count
+# 99 sits on padding and must not count
+AGG_LOSS = torch.tensor([[4.0, 99.0, 99.0], [1.0, 1.0, 1.0]])
 AGG_MASK = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
 
 
-@pytest.mark.parametrize("agg,expected", [("token-mean", (4 + 3) / 4), ("seq-mean-token-mean", (4 / 1 + 3 / 3) / 2),
+@pytest.mark.parametrize("agg,expected", [("token-mean", (4 + 3) / 4),
+                                          ("seq-mean-token-mean", (4 / 1 + 3 / 3) / 2),
                                           ("seq-sum-norm", (4 + 3) / (2 * 5))])
 def test_aggregation_values_on_a_hand_example(agg, expected):
     value = nanorgra.aggregate(AGG_LOSS, AGG_MASK, agg, n_seqs=2, n_tokens=4, constant=5.0)
@@ -333,13 +358,15 @@ def token_weights(agg):
 
 def test_token_mean_weighs_every_real_token_the_same():
     w = token_weights("token-mean")
-    assert torch.equal(w, AGG_MASK / 4)  # the short sequence's one token counts as much as each of the long one's
+    # the short sequence's one token counts as much as each of the long one's
+    assert torch.equal(w, AGG_MASK / 4)
 
 
 def test_seq_mean_token_mean_weighs_every_sequence_the_same():
     w = token_weights("seq-mean-token-mean")
     assert torch.equal(w.sum(1), torch.tensor([0.5, 0.5]))  # each sequence: 1/n_seqs in all
-    assert w[0, 0] == 3 * w[1, 0]  # so a token of the 1-token answer weighs 3x a token of the 3-token answer
+    # so a token of the 1-token answer weighs 3x a token of the 3-token answer
+    assert w[0, 0] == 3 * w[1, 0]
     assert torch.equal(w * (1 - AGG_MASK), torch.zeros_like(w))
 
 
@@ -355,7 +382,8 @@ def test_unknown_aggregation_is_refused_by_name():
 
 def test_non_finite_values_on_padding_never_reach_the_loss():
     loss = AGG_LOSS.clone()
-    loss[0, 2] = float("inf")  # e.g. k3 = exp(ref_logp - logp) on a pad token the policy has pushed far down
+    # e.g. k3 = exp(ref_logp - logp) on a pad token the policy has pushed far down
+    loss[0, 2] = float("inf")
     assert torch.isfinite(nanorgra.aggregate(loss, AGG_MASK, "token-mean", 2, 4, 5.0))
 
 
@@ -364,20 +392,23 @@ def test_non_finite_values_on_padding_never_reach_the_loss():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_completion_logprobs_equal_the_samplers_logprobs_so_rho_is_one_before_any_update(tiny, tok, temperature):
+def test_completion_logprobs_equal_the_samplers_logprobs_so_rho_is_one_before_any_update(
+        tiny, tok, temperature):
     rng = np.random.default_rng(1)
     prompts = [tok.encode(prompt_text(make_problem("mix3", rng))) for _ in range(3)]
-    r = generate(tiny.eval(), prompts, 10, tok.eos_id, tok.pad_id, num_samples=3, temperature=temperature,
-                 generator=torch.Generator().manual_seed(1))
+    r = generate(tiny.eval(), prompts, 10, tok.eos_id, tok.pad_id, num_samples=3,
+                 temperature=temperature, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logp = completion_logprobs(tiny, r, temperature)
         logp_t1 = completion_logprobs(tiny, r, 1.0)
     assert (logp - r.logprobs)[r.mask].abs().max() < 1e-5
-    if temperature != 1.0:  # pitfall 9: the loss must use the sampling temperature, or rho != 1 from the start
+    # pitfall 9: the loss must use the sampling temperature, or rho != 1 from the start
+    if temperature != 1.0:
         assert (logp_t1 - r.logprobs)[r.mask].abs().max() > 1e-2
 
 
-def test_one_update_raises_the_logprob_of_positive_advantage_completions_and_lowers_negative_ones(tiny, rollout):
+def test_one_update_raises_the_logprob_of_positive_advantage_completions_and_lowers_negative_ones(
+        tiny, rollout):
     adv = torch.zeros(B * G)
     adv[0], adv[1] = 1.0, -1.0
     keep = torch.ones(B * G, dtype=torch.bool)
@@ -399,8 +430,8 @@ def test_one_update_raises_the_logprob_of_positive_advantage_completions_and_low
 
 @pytest.mark.parametrize("agg", AGGS)
 def test_grpo_and_rgra_gradients_are_equal_at_mu_1_and_nothing_is_clipped(tiny, rollout, agg):
-    """One update per sampled batch: old log-probs are the sampler's, rho = 1, and the ratio+clip gradient
-    A rho grad log pi equals the REINFORCE gradient A grad log pi."""
+    """One update per sampled batch: old log-probs are the sampler's, rho = 1, and the ratio+clip
+    gradient A rho grad log pi equals the REINFORCE gradient A grad log pi."""
     _, grpo, s_grpo = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--agg", agg))
     _, rgra, s_rgra = run_learn(tiny, rollout, make_cfg("--preset", "rgra", "--agg", agg))
     assert len(grpo) == len(rgra) == 1
@@ -410,23 +441,27 @@ def test_grpo_and_rgra_gradients_are_equal_at_mu_1_and_nothing_is_clipped(tiny, 
 
 
 def test_grpo_and_rgra_differ_from_the_second_update_on_when_a_batch_is_reused(tiny, rollout):
-    """mu = 2 with a step big enough to move rho outside [1 - eps, 1 + eps]: the first update is the same for
-    both, the second is not, and only GRPO clips."""
+    """mu = 2 with a step big enough to move rho outside [1 - eps, 1 + eps]: the first update is the
+    same for both, the second is not, and only GRPO clips."""
     lr = 1.0
-    p_grpo, grpo, s_grpo = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--mu", "2"), lr=lr)
-    p_rgra, rgra, s_rgra = run_learn(tiny, rollout, make_cfg("--preset", "rgra", "--mu", "2"), lr=lr)
+    grpo_cfg = make_cfg("--preset", "grpo", "--mu", "2")
+    rgra_cfg = make_cfg("--preset", "rgra", "--mu", "2")
+    p_grpo, grpo, s_grpo = run_learn(tiny, rollout, grpo_cfg, lr=lr)
+    p_rgra, rgra, s_rgra = run_learn(tiny, rollout, rgra_cfg, lr=lr)
     assert len(grpo) == len(rgra) == 2
     assert_same_grads(grpo[0], rgra[0])
     assert max_grad_diff(grpo[1], rgra[1]) > 1e-2
     assert s_grpo["clipped"] > 0
     assert s_rgra["clipped"] == 0
-    assert s_grpo["ratio_max"] > 1 + 0.2 and s_rgra["ratio_max"] > 1 + 0.2  # both see rho move; only one uses it
+    # both see rho move; only one uses it
+    assert s_grpo["ratio_max"] > 1 + 0.2 and s_rgra["ratio_max"] > 1 + 0.2
     assert not torch.allclose(p_grpo.wte.weight, p_rgra.wte.weight)
 
 
 def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradient(tiny, rollout):
-    """After one optimizer step on a batch, at the new weights: REINFORCE != ratio without clip != ratio with clip,
-    and the ratio gradient is exactly the REINFORCE gradient with every token weighted by rho."""
+    """After one optimizer step on a batch, at the new weights: REINFORCE != ratio without clip !=
+    ratio with clip, and the ratio gradient is exactly the REINFORCE gradient with every token
+    weighted by rho."""
     grpo = make_cfg("--preset", "grpo", "--beta", "0", "--agg-constant", "12")
     adv, _ = nanorgra.advantages_for(REWARDS, grpo)
     policy, _, _ = run_learn(tiny, rollout, make_cfg("--preset", "rgra"), lr=1.0)
@@ -436,8 +471,9 @@ def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradie
         policy.zero_grad(set_to_none=True)
         logp = completion_logprobs(policy, rollout, 1.0)
         if weight is not None:  # the reference: REINFORCE on rho-weighted tokens
-            loss = nanorgra.aggregate(-adv[:, None] * weight * logp, rollout.mask.float(), grpo.agg, n_seqs,
-                                      n_tokens, grpo.agg_constant)
+            token_loss = -adv[:, None] * weight * logp
+            loss = nanorgra.aggregate(token_loss, rollout.mask.float(), grpo.agg,
+                                      n_seqs, n_tokens, grpo.agg_constant)
             stats = None
         else:
             cfg = replace(grpo, ratio=ratio, clip=clip)
@@ -462,12 +498,15 @@ def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradie
 
 @pytest.mark.parametrize("preset", ["raft", "sft"])
 @pytest.mark.parametrize("agg", AGGS)
-def test_raft_and_sft_presets_give_the_old_cross_entropy_branch_on_the_kept_rows(tiny, rollout, preset, agg):
-    """Before the LossConfig, learn() had a branch for RAFT and SFT: cross-entropy -logp on the kept rows, aggregated
-    over them, no KL. The presets now go through the REINFORCE term with advantage 1 and beta 0; same gradient."""
+def test_raft_and_sft_presets_give_the_old_cross_entropy_branch_on_the_kept_rows(
+        tiny, rollout, preset, agg):
+    """Before the LossConfig, learn() had a branch for RAFT and SFT: cross-entropy -logp on the kept
+    rows, aggregated over them, no KL. The presets now go through the REINFORCE term with
+    advantage 1 and beta 0; same gradient."""
     cfg = make_cfg("--preset", preset, "--agg", agg, "--agg-constant", "12")
     assert cfg.beta == 0 and not cfg.ratio
-    rewards = REWARDS if preset == "raft" else torch.ones(B * G, 1)  # sft: one gold row per problem (here: every row)
+    # sft: one gold row per problem (here: every row)
+    rewards = REWARDS if preset == "raft" else torch.ones(B * G, 1)
     adv, keep = nanorgra.advantages_for(rewards, cfg)
     _, grads, _ = run_learn(tiny, rollout, cfg, adv=adv, keep=keep)
 
@@ -479,7 +518,8 @@ def test_raft_and_sft_presets_give_the_old_cross_entropy_branch_on_the_kept_rows
     old.backward()
     assert_same_grads(grads[0], [p.grad for p in model.parameters()])
     if preset == "raft":
-        assert rows.tolist() == [0, 8, 13]  # the first best sample of each of the three groups with a right answer
+        # the first best sample of each of the three groups with a right answer
+        assert rows.tolist() == [0, 8, 13]
 
 
 # -----------------------------------------------------------------------------
@@ -488,10 +528,12 @@ def test_raft_and_sft_presets_give_the_old_cross_entropy_branch_on_the_kept_rows
 
 @pytest.mark.parametrize("agg", AGGS)
 def test_micro_batched_loss_and_gradients_equal_the_full_batch_ones(tiny, rollout, agg):
-    full_model, full, s_full = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--agg", agg), lr=1.0)
-    micro_model, micro, s_micro = run_learn(tiny, rollout, make_cfg("--preset", "grpo", "--agg", agg,
-                                                                     "--micro-batch", "3"), lr=1.0)
-    assert len(full) == len(micro) == 1  # 16 rows in micro-batches of 3, 3, 3, 3, 3, 1: still one update
+    full_cfg = make_cfg("--preset", "grpo", "--agg", agg)
+    micro_cfg = make_cfg("--preset", "grpo", "--agg", agg, "--micro-batch", "3")
+    full_model, full, s_full = run_learn(tiny, rollout, full_cfg, lr=1.0)
+    micro_model, micro, s_micro = run_learn(tiny, rollout, micro_cfg, lr=1.0)
+    # 16 rows in micro-batches of 3, 3, 3, 3, 3, 1: still one update
+    assert len(full) == len(micro) == 1
     assert_same_grads(full[0], micro[0])
     assert s_micro["loss"] == pytest.approx(s_full["loss"], rel=1e-5, abs=1e-7)
     for p, q in zip(full_model.parameters(), micro_model.parameters()):
@@ -499,7 +541,8 @@ def test_micro_batched_loss_and_gradients_equal_the_full_batch_ones(tiny, rollou
 
 
 @pytest.mark.parametrize("agg", AGGS)
-def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_loss(tiny, rollout, agg):
+def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_loss(
+        tiny, rollout, agg):
     g = torch.Generator().manual_seed(6)
     mask = rollout.mask
     logp = rollout.logprobs + 0.1 * torch.randn(mask.shape, generator=g)
@@ -507,12 +550,14 @@ def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_lo
     adv = torch.randn(B * G, generator=g)
     cfg = replace(nanorgra.PRESETS["grpo"], beta=0.1, agg=agg, agg_constant=12.0)
     n_seqs, n_tokens = B * G, mask.sum().item()
-    full, _ = nanorgra.rl_loss(logp, rollout, adv, ref_logp, cfg, (n_seqs, n_tokens))
-    parts = [nanorgra.rl_loss(logp[s], rollout.rows(s), adv[s], ref_logp[s], cfg, (n_seqs, n_tokens))[0]
+    counts = (n_seqs, n_tokens)
+    full, _ = nanorgra.rl_loss(logp, rollout, adv, ref_logp, cfg, counts)
+    parts = [nanorgra.rl_loss(logp[s], rollout.rows(s), adv[s], ref_logp[s], cfg, counts)[0]
              for s in torch.arange(B * G).split(5)]
     torch.testing.assert_close(sum(parts), full)
     if agg == "token-mean":
-        # the check can fail: averaging per-micro-batch token means (local counts) is a different, wrong number
+        # the check can fail: averaging per-micro-batch token means (local counts) is a different,
+        # wrong number
         local = [nanorgra.rl_loss(logp[s], rollout.rows(s), adv[s], ref_logp[s], cfg,
                                   (len(s), mask[s].sum().item()))[0] / 4
                  for s in torch.arange(B * G).split(4)]
@@ -524,9 +569,10 @@ def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_lo
 
 
 def test_at_rho_1_the_grpo_loss_value_is_0_while_its_gradient_is_not(tiny, rollout):
-    """seq-mean-token-mean and rho = 1: the loss is -1/N sum_i A_i mean_t rho_it = -mean(A) = 0 for mean-centred
-    advantages, whatever the model. The gradient is the REINFORCE gradient, which is not 0. The REINFORCE loss
-    value -1/N sum_i A_i mean_t log pi_it is not 0 either, and tells as little: only its gradient matters."""
+    """seq-mean-token-mean and rho = 1: the loss is -1/N sum_i A_i mean_t rho_it = -mean(A) = 0 for
+    mean-centred advantages, whatever the model. The gradient is the REINFORCE gradient, which is
+    not 0. The REINFORCE loss value -1/N sum_i A_i mean_t log pi_it is not 0 either, and tells as
+    little: only its gradient matters."""
     grpo = make_cfg("--preset", "grpo", "--beta", "0")
     adv, _ = nanorgra.advantages_for(REWARDS, grpo)
     assert adv.abs().sum() > 0

@@ -291,7 +291,7 @@ def test_ratio_is_pi_theta_over_pi_old():
     torch.testing.assert_close(rho, torch.tensor(RHOS).repeat(3, 1))
 
 
-def test_clipped_only_above_one_plus_eps_high_for_positive_and_below_one_minus_eps_low_for_negative_advantages():  # noqa: E501  (the name alone is 106 characters)
+def test_clipped_above_one_plus_eps_high_if_a_is_positive_below_one_minus_eps_low_if_negative():
     _, _, _, _, clipped = ratio_case()
     # A > 0: the ratio may not grow past 1.3
     assert clipped[0].tolist() == [rho > 1 + EPS_HIGH for rho in RHOS]

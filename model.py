@@ -179,13 +179,14 @@ def padded_causal_mask(valid, start):
 
 
 def segment_positions(segments):
-    """(B, T) -> (B, T): the position of each slot inside its example, 0 at the example's first."""
+    """(B, T) -> (B, T): the position of each slot inside its example, 0 at the example's first
+    slot; 0 on padding (-1), however long it is."""
     slot = torch.arange(segments.size(1), device=segments.device).expand_as(segments)
     starts = torch.ones_like(segments, dtype=torch.bool)
     # an example starts where the number changes
     starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
     first = torch.where(starts, slot, torch.zeros_like(slot)).cummax(1).values  # its first slot
-    return slot - first
+    return torch.where(segments >= 0, slot - first, torch.zeros_like(slot))
 
 
 def segment_causal_mask(segments):

@@ -722,23 +722,34 @@ def train_stage(model, tok, stage, args):
         bar.set_postfix(loss=f"{loss:.3f}")
 
 
+# The warm start trains with torch's default number of CPU threads, whatever --threads says: the
+# thread count changes the order of float sums, so a base trained with another would be another
+# base (pitfall 11), and a base is cached and shared by every run (the notebook, the sweep's
+# one-thread workers). The cache key holds these numerics: a base trained under others is never
+# loaded in their place.
+WARM_START_THREADS = torch.get_num_threads()
+
+
 def warm_start(args, tok, device, log=print):
     """The base model: the skills stage, then the habits stage, each loaded from the cache under
-    --base-dir or trained and cached under a hash of all that defines it: the stages before it, and
-    the test sets too."""
+    --base-dir or trained and cached under a hash of all that defines it: the stages before it, the
+    test sets, and the numerics it is computed with (the device, the threads, torch's version)."""
     config = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd)
     model, path = GPT(config, seed=args.base_seed).to(device), None
+    numerics = rundir.numerics(device, WARM_START_THREADS)  # "cpu, 2 threads, torch 2.13.0+cpu"
     # what shapes the draws and the arithmetic: the model, the seed, the levels, the rows' layout
-    key = repr((config, args.base_seed, LEVELS, STEP_KINDS, sorted(test_exprs()), PACK_LEN))
-    for stage in warm_stages(args):
-        if stage.steps == 0:  # a stage of 0 steps is left out
-            continue
-        stage_key = repr((key, stage.corpus, stage.steps, stage.lr, args.warm_batch))
-        key = hashlib.sha256(stage_key.encode()).hexdigest()[:12]
-        path = Path(args.base_dir) / f"base-{stage.name}-{key}.pt"
-        train = functools.partial(train_stage, model, tok, stage, args)
-        rundir.cached_model(model, path, train, f"{stage.name} ({stage.steps} steps)", log)
+    key = repr((config, args.base_seed, LEVELS, STEP_KINDS, sorted(test_exprs()), PACK_LEN,
+                numerics))
+    with rundir.torch_threads(WARM_START_THREADS):
+        for stage in warm_stages(args):
+            if stage.steps == 0:  # a stage of 0 steps is left out
+                continue
+            stage_key = repr((key, stage.corpus, stage.steps, stage.lr, args.warm_batch))
+            key = hashlib.sha256(stage_key.encode()).hexdigest()[:12]
+            path = Path(args.base_dir) / f"base-{stage.name}-{key}.pt"
+            train = functools.partial(train_stage, model, tok, stage, args)
+            rundir.cached_model(model, path, train, f"{stage.name} ({stage.steps} steps)", log)
     return model, path
 
 

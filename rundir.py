@@ -118,6 +118,27 @@ def cached_json(path, make):
     return json.loads(path.read_text())
 
 
+def numerics(device, threads):
+    """What decides a trained model's last digits besides its settings, for the caches' keys: the
+    device (on a CPU, the number of threads: another sums floats in another order), and torch."""
+    if device.type == "cuda":
+        where = f"cuda, {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"{device.type}, {threads} threads"
+    return f"{where}, torch {torch.__version__}"
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """torch's CPU threads set to n inside the block, and set back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def cached_model(model, path, train, what, log):
     """Load model's weights from path, or call train() and save the weights there. Under torchrun
     rank 0 trains and saves while the other ranks wait, then they load what it saved. what: "skills

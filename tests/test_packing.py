@@ -97,3 +97,12 @@ def test_only_completion_tokens_are_trained_each_once(tok, examples):
 def test_an_example_longer_than_a_row_is_refused_naming_its_length(tok):
     with pytest.raises(ValueError, match="example of 12 tokens"):
         pack_rows([([1] * 5, [2] * 7)], tok.pad_id, "cpu", row_len=10)
+
+
+def test_rows_longer_than_the_position_table_work_when_every_example_fits(tok, model, examples):
+    """Positions count inside each example, and padding sits at position 0: a row may be longer
+    than block_size as long as no example is."""
+    batch = pack_rows(examples[:2], tok.pad_id, "cpu", row_len=model.config.block_size + 40)
+    with torch.no_grad():
+        logp = packed_logprobs(model, batch)
+    assert torch.isfinite(logp).all()

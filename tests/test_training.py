@@ -273,6 +273,24 @@ def test_warm_start_is_cached_per_stage_and_reused_by_runs_with_the_same_base_se
     assert len(list(base_dir.glob("base-*.pt"))) == 5
 
 
+def test_a_base_trained_with_another_thread_count_is_never_loaded_in_its_place(
+        tmp_path, base_dir, monkeypatch):
+    """The thread count changes the order of float sums and so the base (pitfall 11): it is in
+    the key."""
+    run(tmp_path / "a", base_dir, "--steps", "1")
+    monkeypatch.setattr(nanorgra, "WARM_START_THREADS", nanorgra.WARM_START_THREADS + 1)
+    _, lines = run(tmp_path / "b", base_dir, "--steps", "1")
+    assert sum(line.startswith("warm start: trained") for line in lines) == 2
+
+
+def test_a_runs_threads_do_not_change_the_base_it_loads(tmp_path, base_dir):
+    """--threads is the RL's: the warm start trains with torch's default, so every run of a
+    sweep (one thread each) shares the base that the default job trained."""
+    run(tmp_path / "a", base_dir, "--steps", "1")
+    _, lines = run(tmp_path / "b", base_dir, "--steps", "1", "--threads", "2")
+    assert sum(line.startswith("warm start: loaded") for line in lines) == 2
+
+
 def test_a_base_cached_before_the_atoms_were_reweighted_is_not_reused(
         tmp_path, base_dir, monkeypatch):
     run(tmp_path / "a", base_dir, "--steps", "1")

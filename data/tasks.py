@@ -26,6 +26,7 @@ Regenerate the test sets with:  python -m data.tasks
 """
 import dataclasses
 import functools
+import itertools
 import json
 import re
 import zlib
@@ -373,18 +374,82 @@ MAX_REJECTIONS_IN_A_ROW = 10_000
 
 def draw_step(level, rng):
     """One step "x<op>y" of the careful solution of a random expression of level. Its kind is drawn
-    first, with the weights of STEP_KINDS, and expressions are drawn until one has a step of that
-    kind: the draw follows the emphasis chosen, not how often a kind happens to occur."""
+    first, with the weights of STEP_KINDS, then a step of that kind as often as drawing expressions
+    until one has a step of the kind, and one of its steps of that kind, would give it (step_table):
+    the draw follows the emphasis chosen, not how often a kind happens to occur."""
     weights = np.array(list(STEP_KINDS.values()), dtype=float)
     kind = list(STEP_KINDS)[int(rng.choice(len(STEP_KINDS), p=weights / weights.sum()))]
-    for _ in range(MAX_REJECTIONS_IN_A_ROW):
-        steps, _ = solution_steps(draw_expression(level, rng))
-        matching = [(x, op, y) for x, op, y, _ in steps if step_kind(x, op, y) == kind]
-        if matching:
-            x, op, y = matching[int(rng.integers(len(matching)))]
-            return f"{x}{op}{y}"
-    raise ValueError(f"level {level.name!r}: no step of kind {kind!r} "
-                     f"in {MAX_REJECTIONS_IN_A_ROW} expressions")
+    steps, probabilities = step_table(level).get(kind, ([], []))
+    if not steps:
+        raise ValueError(f"level {level.name!r}: no step of kind {kind!r} in its solutions")
+    return steps[int(rng.choice(len(steps), p=probabilities))]
+
+
+MAX_ENUMERATED = 2_000_000  # expressions step_table reads one by one: a few seconds
+
+
+@functools.cache
+def step_table(level):
+    """{kind: (steps, probabilities)} for every kind of step_kind: each step "x<op>y" of that kind
+    in the careful solutions of level's expressions, and the chance that rejection sampling returns
+    it (draw expressions until one has a step of the kind, then take one of those steps at random):
+        P(step | kind) = sum over expressions e with the kind of P(e) n_e(step) / n_e(kind) / Z_kind
+    with P(e) as draw_expression draws e, n_e the steps of e (of the kind, or equal to step), and
+    Z_kind the chance that an expression has the kind. Computed exactly, once, by reading every
+    expression of level: a draw is then one choice, instead of a loop of rejected expressions."""
+    weights = {}  # kind -> {step: weight}
+    for expr, p in expressions_of(level):
+        steps = [(f"{x}{op}{y}", step_kind(x, op, y)) for x, op, y, _ in solution_steps(expr)[0]]
+        for kind in {k for _, k in steps}:
+            of_kind = [step for step, k in steps if k == kind]
+            of_this_kind = weights.setdefault(kind, {})
+            for step in of_kind:
+                of_this_kind[step] = of_this_kind.get(step, 0.0) + p / len(of_kind)
+    table = {}
+    for kind, w in weights.items():
+        total = sum(w.values())
+        table[kind] = (list(w), [x / total for x in w.values()])
+    return table
+
+
+def expressions_of(level):
+    """Every expression draw_expression can return for level, with its chance under the draw before
+    the rules reject some (the rules only renormalise it): the number of operators, each operator
+    and each operand are drawn uniformly. A ValueError if there are more than MAX_ENUMERATED."""
+    n_choices = level.n_ops[1] - level.n_ops[0] + 1
+    count = sum(len(level.operators) ** n * (10 ** level.n_digits) ** (n + 1)
+                for n in range(level.n_ops[0], level.n_ops[1] + 1))
+    if count > MAX_ENUMERATED:
+        raise ValueError(f"level {level.name!r} has about {count:,} expressions, more than "
+                         f"MAX_ENUMERATED ({MAX_ENUMERATED:,}) for the steps of its solutions")
+    for n_ops in range(level.n_ops[0], level.n_ops[1] + 1):
+        for ops in itertools.product(level.operators, repeat=n_ops):
+            if not rules_allow(level, ops):
+                continue
+            ranges = [range(level.min_operand, 10 ** operand_digits(level, ops, i))
+                      for i in range(n_ops + 1)]
+            p = 1 / n_choices / len(level.operators) ** n_ops
+            for r in ranges:
+                p /= len(r)
+            for operands in itertools.product(*ranges):
+                expr = "".join(f"{x}{op}" for x, op in zip(operands, ops)) + str(operands[-1])
+                if not (level.nonnegative and any(z < 0 for *_, z in solution_steps(expr)[0])):
+                    yield expr, p
+
+
+def operand_digits(level, ops, i):
+    """How many digits operand i may have: mul_digits next to a *, else n_digits."""
+    multiplied = (i > 0 and ops[i - 1] == "*") or (i < len(ops) and ops[i] == "*")
+    return level.mul_digits if multiplied else level.n_digits
+
+
+def rules_allow(level, ops):
+    """The level's rules on its operators: no chained products where mul_chains is False, and a *
+    right after a + or - where needs_precedence is True."""
+    pattern = "".join(ops)
+    chains_ok = level.mul_chains or "**" not in pattern
+    precedence_ok = not level.needs_precedence or "+*" in pattern or "-*" in pattern
+    return chains_ok and precedence_ok
 
 
 def draw_expression(level, rng):
@@ -397,16 +462,12 @@ def draw_expression(level, rng):
         ops = [level.operators[int(rng.integers(len(level.operators)))] for _ in range(n_ops)]
         parts = []
         for i in range(n_ops + 1):
-            multiplied = (i > 0 and ops[i - 1] == "*") or (i < n_ops and ops[i] == "*")
-            digits = level.mul_digits if multiplied else level.n_digits
+            digits = operand_digits(level, ops, i)
             parts.append(str(int(rng.integers(level.min_operand, 10**digits))))
             if i < n_ops:
                 parts.append(ops[i])
         expr = "".join(parts)
-        pattern = "".join(ops)
-        chains_ok = level.mul_chains or "**" not in pattern
-        precedence_ok = not level.needs_precedence or "+*" in pattern or "-*" in pattern
-        if not (chains_ok and precedence_ok):
+        if not rules_allow(level, ops):
             continue
         if not (level.nonnegative and any(z < 0 for *_, z in solution_steps(expr)[0])):
             return expr

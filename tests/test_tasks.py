@@ -197,6 +197,37 @@ def test_atoms_are_single_steps_of_rl_level_solutions_drawn_with_the_stated_kind
     assert rl_steps == set(tasks.STEP_KINDS)
 
 
+def rejection_step(level, kind, rng):
+    """What step_table replaces: draw expressions until one has a step of kind; take one of them."""
+    while True:
+        steps = tasks.solution_steps(tasks.draw_expression(level, rng))[0]
+        matching = [f"{x}{op}{y}" for x, op, y, _ in steps if tasks.step_kind(x, op, y) == kind]
+        if matching:
+            return matching[int(rng.integers(len(matching)))]
+
+
+@pytest.mark.parametrize("kind", ["1-digit -", "multi-digit +"])
+def test_the_step_table_gives_each_step_the_chance_rejection_sampling_gives_it(kind):
+    """draw_step draws from step_table, which reads every expression once instead of rejecting
+    draws: on a small level, the mean operands and result of 20,000 rejection-sampled steps fall
+    within 4 standard errors of the table's exact expectation."""
+    level = Level("small", n_ops=(2, 2), n_digits=1, operators="+-*", nonnegative=True)
+    steps, probabilities = tasks.step_table(level)[kind]
+    values = np.array([parse_expression(step)[0] + [tasks.evaluate(step)] for step in steps])
+    expected = np.asarray(probabilities) @ values  # (3,): E[x], E[y], E[x op y]
+    generator = rng(7)
+    drawn = np.array([parse_expression(step)[0] + [tasks.evaluate(step)]
+                      for step in (rejection_step(level, kind, generator) for _ in range(20_000))])
+    standard_error = drawn.std(0) / np.sqrt(len(drawn))
+    assert (np.abs(drawn.mean(0) - expected) < 4 * standard_error).all()
+
+
+def test_a_level_too_large_to_read_every_expression_of_is_refused_naming_its_size():
+    huge = Level("huge", n_ops=(5, 5), n_digits=3, operators="+-*")
+    with pytest.raises(ValueError, match="huge.*more than MAX_ENUMERATED"):
+        tasks.step_table(huge)
+
+
 def test_a_step_kind_that_the_parent_level_never_makes_fails_clearly():
     no_mul = Level("nomul", n_ops=(2, 2), n_digits=1, operators="+-")
     steps = Level("steps", n_ops=(1, 1), n_digits=1, operators="+-*", steps_of="nomul")

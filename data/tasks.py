@@ -308,10 +308,11 @@ STYLES = {"careful": worked_solution, "left-to-right": left_to_right_solution,
 # Step kinds: the atoms of worked solutions
 
 # The kinds of step in careful solutions, and how often the atoms level draws each, whatever their
-# frequency in solutions: the rare kinds are taught as much as the common ones, and the two with
-# carries and borrows between two products ("24+21", "72-25") twice as much.
-STEP_KINDS = {"1-digit +": 1, "1-digit -": 1, "1-digit *": 1, "multi-digit +": 1,
-              "multi-digit -": 1, "two multi-digit +": 2, "two multi-digit -": 2}
+# frequency in solutions: by how hard each is to master (measured: the one-digit facts come first,
+# the carries and borrows between two products, "24+21" and "72-25", last), so that every kind is
+# mastered in as few steps as possible (README, "Design notes").
+STEP_KINDS = {"1-digit +": 0.5, "1-digit -": 0.5, "1-digit *": 0.5, "multi-digit +": 1,
+              "multi-digit -": 1, "two multi-digit +": 3, "two multi-digit -": 3}
 
 
 def step_kind(x, op, y):
@@ -615,7 +616,7 @@ MESSY = {"careful": 1, "left-to-right": 3, "shortcut": 2, "bare": 2}
 #   HABITS  the same skills again (or they are forgotten), and a messy corpus of multi-step
 #           problems written in four styles: habits that are right at very different rates, for
 #           RL (answers only) to select from
-SKILLS = {"atoms": (1, CAREFUL), "mix2": (1, CAREFUL)}
+SKILLS = {"atoms": (1.5, CAREFUL), "mix2": (1, CAREFUL)}
 HABITS = {"atoms": (1, CAREFUL), "mix2": (2, MESSY)}
 
 

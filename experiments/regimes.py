@@ -11,8 +11,9 @@ interval.
     python experiments/regimes.py --collect               # tables and figures of finished runs
 
 The components and their axes (CELLS below):
-  ratio and clipping   reuse of each sampled batch (mu) x learning rate: GRPO with clip against GRPO
-                       without clip (clipping), and against RGRA at the same reuse (ratio and clip)
+  ratio and clipping   reuse of each sampled batch (minibatches) x learning rate: GRPO with clip
+                       against GRPO without clip (clipping), and against RGRA at the same reuse
+                       (ratio and clip); CISPO and dual-clip against PPO's clip at the most reuse
   KL                   learning rate x beta: beta > 0 against beta = 0; read the gain, collapses,
   and
                        what the base knew (the atoms, ood4): forgetting
@@ -68,24 +69,33 @@ class Cell:
     component: str  # "ratio and clipping", "KL", ...
     pair: str  # what on - off compares, e.g. "clip vs no clip"
     line: str  # the curve of the figure this cell is a point of, e.g. "lr 1e-3"
-    x: float  # its place on the stress axis, e.g. the reuse mu
+    x: float  # its place on the stress axis, e.g. the minibatches of a step
     on: tuple
     off: tuple
     seeds: int = 5
 
 
 def reuse_cells(seeds):
-    """Ratio and clipping along the reuse of each batch (mu) at two learning rates."""
+    """Ratio and clipping along the reuse of each sampled batch: minibatches = m splits a step's
+    batch into m optimizer steps, so that its last minibatch is sampled m - 1 updates before it is
+    learned from (as stale as mu = m passes, at the cost of one). At each point: GRPO with clip
+    against GRPO without clip (what clipping does), and GRPO against RGRA (what ratio and clip do
+    together); at the largest reuse also CISPO's and dual-clip's clipping against PPO's."""
     cells = []
+    reuse = [(f"minibatches {m}", m, ("--minibatches", str(m))) for m in (2, 4, 8)]
     for lr in ("1e-4", "1e-3"):
-        for mu in (1, 2, 4, 8):
-            grpo = ("--preset", "grpo", "--mu", str(mu), "--lr", lr)
-            no_clip = grpo + ("--no-clip",)
-            rgra = ("--preset", "rgra", "--mu", str(mu), "--lr", lr)
+        for _, x, flags in reuse:
+            grpo = ("--preset", "grpo", "--lr", lr) + flags
+            rgra = ("--preset", "rgra", "--lr", lr) + flags
             line = f"lr {lr}"
-            cells.append(Cell("ratio and clipping", "clip vs no clip", line, mu, grpo, no_clip,
-                              seeds))
-            cells.append(Cell("ratio and clipping", "grpo vs rgra", line, mu, grpo, rgra, seeds))
+            cells.append(Cell("ratio and clipping", "clip vs no clip", line, x, grpo,
+                              grpo + ("--no-clip",), seeds))
+            cells.append(Cell("ratio and clipping", "grpo vs rgra", line, x, grpo, rgra, seeds))
+    stale = ("--lr", "1e-3", "--minibatches", "8")
+    grpo = ("--preset", "grpo") + stale
+    for pair, variant in (("cispo vs ppo clip", ("--preset", "cispo") + stale),
+                          ("dual-clip vs ppo clip", grpo + ("--clip-c", "3"))):
+        cells.append(Cell("ratio and clipping", pair, "lr 1e-3", 8, variant, grpo, seeds))
     return cells
 
 
@@ -107,8 +117,8 @@ NEGATIVE_CONDITIONS = {
     "format reward 0.1": ("--format-reward", "0.1"),
     "G = 4": ("--group", "4", "--prompts", "32"),  # the same 128 samples a step
     "lr 1e-3": ("--lr", "1e-3"),
-    "all three, 150 steps": ("--format-reward", "0.1", "--group", "4", "--prompts", "32",
-                             "--lr", "1e-3", "--steps", "150"),
+    "all three, 120 steps": ("--format-reward", "0.1", "--group", "4", "--prompts", "32",
+                             "--lr", "1e-3", "--steps", "120"),
 }
 
 
@@ -145,7 +155,7 @@ def full_map(seeds=5):
 QUICK_CELLS = {
     "ratio and clipping": ("clip vs no clip", "lr 1e-3", 8),
     "KL": ("beta 0.05 vs 0", "beta 0.05", 3e-3),
-    "negative feedback": ("both signs vs positive-only", "all three, 150 steps", 4),
+    "negative feedback": ("both signs vs positive-only", "all three, 120 steps", 4),
     "std and aggregation": ("token-mean vs seq-mean-token-mean", "token-mean", 0),
 }
 QUICK_SEEDS = 3

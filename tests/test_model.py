@@ -94,7 +94,8 @@ def test_each_prompt_is_prefilled_once_not_once_per_sample(model):
         hook.remove()
     P = max(len(p) for p in PROMPTS)
     assert seen[0] == (len(PROMPTS), P)  # prefill: one row per prompt
-    assert all(s == (len(PROMPTS) * 5, 1) for s in seen[1:])  # then one token per row per step
+    assert seen[1] == (len(PROMPTS) * 5,)  # then one token per row per step (fewer as rows finish)
+    assert all(len(s) == 1 and s[0] <= len(PROMPTS) * 5 for s in seen[2:])
 
 
 def test_top_k_one_is_greedy(model):
@@ -121,3 +122,51 @@ def test_same_seed_same_weights():
     a, b, c = GPT(cfg, seed=3), GPT(cfg, seed=3), GPT(cfg, seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not torch.equal(a.wte.weight, c.wte.weight)
+
+
+def batch_sizes_while(model, sample):
+    """Run sample(); also the number of rows of each forward it made (prefill, then each step)."""
+    sizes = []
+    hook = model.wte.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].size(0)))
+    try:
+        out = sample()
+    finally:
+        hook.remove()
+    return out, sizes
+
+
+# 16 prompts of 1-7 tokens, and an EOS that the random model's greedy rows reach at steps 1, 2, 3, 8
+MANY = [[6, 4, 6, 11, 8], [11, 13, 4, 6], [13], [3, 5, 3], [6, 3], [2, 13, 14],
+        [5, 13, 12, 11, 3, 6, 6], [9, 2, 7, 15], [13, 7, 13, 6, 7], [8, 13, 5, 7, 5, 14], [3, 6, 4],
+        [11], [5, 4], [15, 4, 3, 2, 2, 2], [12, 6, 9], [7, 10, 12, 6, 7]]
+MANY_EOS = 14
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (1.0, None), (0.7, 5)])
+def test_kv_cache_sampler_equals_full_recompute_as_rows_finish_and_leave_the_batch(
+        model, temperature, top_k):
+    kw = {"max_new_tokens": 40, "eos_id": MANY_EOS, "pad_id": PAD, "num_samples": 4,
+          "temperature": temperature, "top_k": top_k}
+    seeds = range(100, 116)
+    fast, sizes = batch_sizes_while(model, lambda: generate(model, MANY, seeds=seeds, **kw))
+    slow = generate_naive(model, MANY, seeds=seeds, **kw)
+    assert torch.equal(fast.tokens, slow.tokens)
+    assert torch.equal(fast.mask, slow.mask)
+    assert torch.allclose(fast.logprobs, slow.logprobs, atol=1e-5)
+    lengths = fast.mask.sum(1)
+    assert len(set(lengths.tolist())) >= 5  # rows ended at several different steps...
+    assert sizes[1] == 64 and sizes[-1] < 64  # ...and the sampler dropped finished rows
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_prompt_samples_the_same_alone_or_in_a_batch_where_rows_finish(model, temperature):
+    kw = {"max_new_tokens": 40, "eos_id": MANY_EOS, "pad_id": PAD, "num_samples": 4,
+          "temperature": temperature}
+    batch = generate(model, MANY, seeds=range(100, 116), **kw)
+    for i in (0, 6, 11):  # a 5-token, a 7-token and a 1-token prompt
+        alone = generate(model, [MANY[i]], seeds=[100 + i], **kw)
+        for g in range(4):
+            tb, lb = rows(batch, 4 * i + g)
+            ta, la = rows(alone, g)
+            assert tb == ta
+            assert torch.allclose(lb, la, atol=1e-5)

@@ -458,43 +458,45 @@ def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1
 # Self-check and benchmark: python model.py
 
 
-def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats, device):
-    """Tokens per second of both samplers on the same batch (and, on CUDA, of the KV cache under bf16 autocast, as
-    training samples); EOS is a token the random model never picks first."""
-    rates = {}
-    runs = [("kv-cache", generate, False), ("full-recompute", generate_naive, False)]
-    for name, fn, bf16 in runs + ([("kv-cache, bf16 autocast", generate, True)] if device.type == "cuda" else []):
-        best = float("inf")
-        for r in range(repeats):
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                out = fn(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, seeds=range(len(prompts)))
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the clock
-            best = min(best, time.perf_counter() - t0)
-        rates[name] = out.mask.sum().item() / best
-    return rates
-
-
-def _benchmark_hf(config, prompts, pad_id, max_new_tokens, repeats):
+def _benchmark(samplers, repeats, device):
     """
-    Tokens per second of Hugging Face transformers' generate() (KV cache on, sampling) on a GPT-2 of the same
-    size and the same left-padded batch. transformers is not a dependency of nanoRGRA: this runs only where it is
-    installed (pip install transformers).
+    Sampled tokens per second of each sampler (name -> a function that samples the batch and
+    returns how many tokens it sampled), from the best of `repeats` timings. The samplers take turns
+    (A, B, C, A, B, C, ...) so that load from other processes on a shared machine hits them alike.
+    """
+    best, tokens = {}, {}
+    for _ in range(repeats):
+        for name, sample in samplers.items():
+            t0 = time.perf_counter()
+            tokens[name] = sample()
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: wait for them first
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    return {name: tokens[name] / best[name] for name in samplers}
+
+
+def _hf_sampler(config, prompts, pad_id, max_new_tokens):
+    """
+    Hugging Face transformers' generate() (KV cache on, sampling, top-k off) on a GPT-2 of the same
+    size and the same left-padded batch, as a sampler for _benchmark; and its parameter count.
+    transformers is not a dependency of nanoRGRA: this runs only where it is installed.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
-                                    n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-                                    bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)).eval()
+    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
+                           n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                           bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
+    hf = GPT2LMHeadModel(hf_config).eval()
     idx, valid = left_pad(prompts, pad_id, "cpu")
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        with torch.no_grad():  # min_new_tokens keeps every row running, like the EOS-free timing above
-            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0, use_cache=True,
-                              max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-        best = min(best, time.perf_counter() - t0)
-    return (out.size(1) - idx.size(1)) * out.size(0) / best, sum(p.numel() for p in hf.parameters())
+
+    def sample():
+        # min_new_tokens keeps every row running, like the EOS-free timing of ours
+        with torch.no_grad():
+            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0,
+                              use_cache=True, max_new_tokens=max_new_tokens,
+                              min_new_tokens=max_new_tokens)
+        return (out.size(1) - idx.size(1)) * out.size(0)
+
+    return sample, sum(p.numel() for p in hf.parameters())
 
 
 if __name__ == "__main__":
@@ -503,7 +505,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Self-check and benchmark of the KV-cache sampler.")
     parser.add_argument("--batch", type=int, default=256, help="rows sampled at once")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats, the samplers taking turns; the best is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
     parser.add_argument("--compare-hf", action="store_true",
@@ -542,13 +545,28 @@ if __name__ == "__main__":
           f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} tokens, "
           f"{args.new_tokens} new tokens, on {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
                                                             else f", {torch.get_num_threads()} threads"))
-    rates = _benchmark(model, prompts, never, tok.pad_id, args.new_tokens, args.repeats, device)
-    for name, r in rates.items():
-        print(f"{name:>15}: {r:,.0f} sampled tokens/s")
-    print(f"speed-up (kv-cache / full-recompute): {rates['kv-cache'] / rates['full-recompute']:.1f}x")
+    def ours(sampler, bf16=False):
+        """Our sampler on the benchmark batch at temperature 1, optionally under bf16 autocast."""
+        def sample():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                out = sampler(model, prompts, args.new_tokens, never, tok.pad_id, temperature=1.0,
+                              seeds=range(len(prompts)))
+            return out.mask.sum().item()
+        return sample
+
+    samplers = {"kv-cache": ours(generate), "full-recompute": ours(generate_naive)}
+    if device.type == "cuda":  # as training samples there
+        samplers["kv-cache, bf16 autocast"] = ours(generate, bf16=True)
     if args.compare_hf and device.type != "cpu":
         print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
     elif args.compare_hf:
-        hf_rate, hf_params = _benchmark_hf(config, prompts, tok.pad_id, args.new_tokens, args.repeats)
-        print(f"{'hf generate':>15}: {hf_rate:,.0f} sampled tokens/s (transformers GPT-2, {hf_params:,} params)")
-        print(f"kv-cache / hf generate: {rates['kv-cache'] / hf_rate:.2f}x")
+        hf_sample, hf_params = _hf_sampler(config, prompts, tok.pad_id, args.new_tokens)
+        samplers["hf generate"] = hf_sample
+    rates = _benchmark(samplers, args.repeats, device)
+    for name, r in rates.items():
+        print(f"{name:>15}: {r:,.0f} sampled tokens/s"
+              + (f" (transformers GPT-2, {hf_params:,} params)" if name == "hf generate" else ""))
+    speed_up = rates["kv-cache"] / rates["full-recompute"]
+    print(f"speed-up (kv-cache / full-recompute): {speed_up:.1f}x")
+    if "hf generate" in rates:
+        print(f"kv-cache / hf generate: {rates['kv-cache'] / rates['hf generate']:.2f}x")

@@ -310,12 +310,11 @@ def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
     (not per batch) is what makes a prompt's samples independent of what else is in the batch.
     argmax(logits / T + g) with g ~ Gumbel(0, 1) is an exact draw from softmax(logits / T).
     """
-    noise = []
-    for s in seeds:
-        gen = torch.Generator().manual_seed(int(s))
-        u = torch.rand(num_samples, max_new_tokens, vocab_size, generator=gen)
-        noise.append(-torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7))))
-    return torch.cat(noise).to(device)
+    shape = (num_samples, max_new_tokens, vocab_size)
+    u = torch.cat([torch.rand(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    # the logs once over the whole batch, not once per prompt: a log may start the thread pool even
+    # on a small tensor, and on a busy machine every start can wait for a descheduled thread
+    return (-torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))).to(device)
 
 
 def pick_tokens(logits, noise, temperature, top_k):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig, generate, generate_naive, token_logprobs
+from model import GPT, GPTConfig, generate, generate_naive, gumbel_noise, token_logprobs
 
 VOCAB, EOS, PAD = 16, 1, 0
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 2], [3], [4, 4, 4, 4, 4]]  # different lengths on purpose
@@ -170,3 +170,10 @@ def test_a_prompt_samples_the_same_alone_or_in_a_batch_where_rows_finish(model, 
             ta, la = rows(alone, g)
             assert tb == ta
             assert torch.allclose(lb, la, atol=1e-5)
+
+
+def test_gumbel_noise_of_a_batch_is_each_prompts_own_noise_side_by_side():
+    batch = gumbel_noise([3, 1, 4], 2, 5, VOCAB, "cpu")
+    alone = torch.cat([gumbel_noise([s], 2, 5, VOCAB, "cpu") for s in (3, 1, 4)])
+    assert batch.shape == (6, 5, VOCAB)
+    assert torch.equal(batch, alone)

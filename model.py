@@ -90,9 +90,10 @@ class CausalSelfAttention(nn.Module):
         # the products go to one buffer that every layer and step reuses: a fresh temporary, a
         # little larger every step, would be new memory for the OS to page in every time
         prod = cache.scratch[:S * N * C].view(S, N, nh, hs)
-        # float(): a no-op in float32; under bf16 autocast it keeps the products and sums in float32
-        q = q.float().view(N, nh, hs)
-        scores = torch.mul(q, keys, out=prod).sum(-1) * hs ** -0.5 + bias  # (S, N, nh)
+        # float(): a no-op in float32; under bf16 autocast it keeps the products and sums in float32.
+        # The 1/sqrt(hs) goes on q: N*C numbers rather than S*N*nh scores.
+        q = q.float().view(N, nh, hs) * hs ** -0.5
+        scores = torch.mul(q, keys, out=prod).sum(-1) + bias  # (S, N, nh)
         att = scores.softmax(0)  # over the slots
         y = torch.mul(att[..., None], values, out=prod).sum(0)  # (N, nh, hs)
         return self.c_proj(y.view(N, C))  # heads side by side, as forward lays them out

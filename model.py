@@ -74,7 +74,7 @@ class CausalSelfAttention(nn.Module):
     def decode(self, x, cache, layer, slot, bias):
         """
         The sampler's step: x (N, C) holds each row's newest token; its key and value go to cache
-        slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1), 0 or -inf.
+        slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1) 0 or -inf, or None.
         With one query per row, attention is a dot product per (slot, row, head), written here as
         elementwise products and sums that stream once through the slot-major cache. SDPA's CPU
         kernel and a batched matmul both run a tiny matrix product per (row, head): twice the time.
@@ -90,10 +90,12 @@ class CausalSelfAttention(nn.Module):
         # the products go to one buffer that every layer and step reuses: a fresh temporary, a
         # little larger every step, would be new memory for the OS to page in every time
         prod = cache.scratch[:S * N * C].view(S, N, nh, hs)
-        # float(): a no-op in float32; under bf16 autocast it keeps the products and sums in float32.
+        # float(): a no-op in float32; under bf16 autocast, it keeps the products and sums float32.
         # The 1/sqrt(hs) goes on q: N*C numbers rather than S*N*nh scores.
         q = q.float().view(N, nh, hs) * hs ** -0.5
-        scores = torch.mul(q, keys, out=prod).sum(-1) + bias  # (S, N, nh)
+        scores = torch.mul(q, keys, out=prod).sum(-1)  # (S, N, nh)
+        if bias is not None:
+            scores = scores + bias
         att = scores.softmax(0)  # over the slots
         y = torch.mul(att[..., None], values, out=prod).sum(0)  # (N, nh, hs)
         return self.c_proj(y.view(N, C))  # heads side by side, as forward lays them out
@@ -178,12 +180,15 @@ class GPT(nn.Module):
         row's newest token, at positions pos (N,), its keys and values written to cache slot `slot`.
         Returns the next-token logits (N, vocab_size).
         """
-        # (S, N, 1) additive mask, built once for all layers: 0 on real tokens, -inf on padding.
+        # (S, N, 1) additive mask, built once for all layers: 0 on real tokens, -inf on padding;
+        # None when nothing is padding (prompts of one length, no row finished), saving an add.
         # Every row has a real prompt token, so no row is all -inf (that would give NaN); a finished
         # row's own slot is padding, so its output is garbage, which nobody reads.
         seen = cache.valid[:, :slot + 1].t()  # (S, N)
-        bias = torch.zeros(seen.shape, device=idx.device).masked_fill_(~seen, float("-inf"))
-        bias = bias[:, :, None]
+        bias = None
+        if not seen.all():
+            bias = torch.zeros(seen.shape, device=idx.device).masked_fill_(~seen, float("-inf"))
+            bias = bias[:, :, None]
         x = self.wte(idx) + self.wpe(pos)  # (N, C): no T axis, one token per row
         for i, block in enumerate(self.blocks):
             x = x + block.attn.decode(block.ln_1(x), cache, i, slot, bias)
@@ -312,7 +317,8 @@ def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
     argmax(logits / T + g) with g ~ Gumbel(0, 1) is an exact draw from softmax(logits / T).
     """
     shape = (num_samples, max_new_tokens, vocab_size)
-    u = torch.cat([torch.rand(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    u = torch.cat([torch.rand(shape, generator=torch.Generator().manual_seed(int(s)))
+                   for s in seeds])
     # the logs once over the whole batch, not once per prompt: a log may start the thread pool even
     # on a small tensor, and on a busy machine every start can wait for a descheduled thread
     return (-torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))).to(device)

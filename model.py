@@ -7,18 +7,30 @@ What is here, top to bottom:
      to and every row's positions start at 0 on its first real token.
   2. token_logprobs and completion_logprobs: log pi(target | prefix) at a temperature, the quantity the RL loss
      is built from; pick_device and autocast (bf16 on CUDA, float32 elsewhere).
-  3. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded; each prompt is
-     prefilled once and its cache is copied to its G samples; then one token per step for every row; a row stops
-     at its own EOS. Every random draw comes from per-prompt seeded torch.Generators, so a prompt gets the same
-     samples whether it is sampled alone or in a batch. pack lays out given completions the same way.
+  3. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded;
+     each prompt is prefilled once (the forward above, writing its keys and values) and its cache
+     copied to its G samples; then GPT.decode_step adds one token to every row per step. A row
+     stops at its own EOS, and finished rows leave the batch once a quarter of it has finished.
+     Every random draw comes from per-prompt seeded torch.Generators, so a prompt gets the same
+     samples alone or in a batch. pack lays out given completions as generate returns them.
   4. generate_naive: the nanoGPT-style loop (recompute the whole sequence every step), kept as the reference the
      tests compare against and the baseline of the benchmark.
 
 Simplifications: no dropout (RL wants the sampled and the trained distribution to be the same function), no
 rotary embeddings, no flash-decoding; the cache is preallocated to prompt length + max_new_tokens.
 
-Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the full-recompute loop
-(batch 256 rows, 64 new tokens, the default model size), on CUDA when there is one (then also under bf16 autocast).
+Where the sampler's time goes (CPU, the benchmark below, torch.profiler): with SDPA in the one-token
+decode step, half of it went to that attention (2-3.5 ms per layer and step at one thread: one tiny
+matrix product per row and head) and a third to the linear layers. decode_step now writes attention
+as elementwise products and sums streaming through a slot-major cache (slot s of every row is one
+contiguous block), a scratch buffer takes the products, and the mask is built once per step (and
+not at all when nothing is padding): that attention takes about 1 ms per layer and step, bound by
+reading the cache from memory, and the linear layers are the largest share (~40%). Dropping finished
+rows matters for RL batches, whose rows end at very different steps.
+
+Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the
+full-recompute loop (batch 256 rows, 64 new tokens, the default model size; --compare-hf adds
+transformers' generate()), on CUDA when there is one (then also under bf16 autocast).
 """
 
 import math

@@ -380,7 +380,7 @@ def prompt_seeds(n_prompts, generator, seeds):
 SHRINK = 0.75
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad, ~100 ops a step
 def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0, top_k=None,
              generator=None, seeds=None):
     """
@@ -441,8 +441,11 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
             raise ValueError(f"position {last_pos + t + 1} is beyond block_size={cfg.block_size}")
         logits = model.decode_step(tok, next_pos, cache, P + t)  # (n, V)
         next_pos = next_pos + 1
-    return Rollout(idx.repeat_interleave(num_samples, 0), valid.repeat_interleave(num_samples, 0),
-                   tokens[:, :steps], mask[:, :steps], logprobs[:, :steps])
+    # clones made outside inference mode are ordinary tensors, which the loss may save for backward
+    out = (idx.repeat_interleave(num_samples, 0), valid.repeat_interleave(num_samples, 0),
+           tokens[:, :steps], mask[:, :steps], logprobs[:, :steps])
+    with torch.inference_mode(False):
+        return Rollout(*(t.clone() for t in out))
 
 
 @torch.no_grad()

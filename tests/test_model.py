@@ -177,3 +177,12 @@ def test_gumbel_noise_of_a_batch_is_each_prompts_own_noise_side_by_side():
     alone = torch.cat([gumbel_noise([s], 2, 5, VOCAB, "cpu") for s in (3, 1, 4)])
     assert batch.shape == (6, 5, VOCAB)
     assert torch.equal(batch, alone)
+
+
+def test_a_rollout_is_made_of_ordinary_tensors_that_a_loss_can_save_for_backward(model):
+    r = generate(model, PROMPTS, 6, EOS, PAD, num_samples=2, seeds=[0, 1, 2, 3])
+    parts = (r.prompt, r.prompt_valid, r.tokens, r.mask, r.logprobs)
+    assert not any(t.is_inference() for t in parts)
+    w = torch.ones(r.logprobs.shape, requires_grad=True)
+    torch.where(r.mask, r.logprobs * w, 0.0).sum().backward()  # saves the mask and the log-probs
+    assert torch.equal(w.grad, torch.where(r.mask, r.logprobs, 0.0))

@@ -24,9 +24,9 @@ decode step, half of it went to that attention (2-3.5 ms per layer and step at o
 matrix product per row and head) and a third to the linear layers. decode_step now writes attention
 as elementwise products and sums streaming through a slot-major cache (slot s of every row is one
 contiguous block), a scratch buffer takes the products, and the mask is built once per step (and
-not at all when nothing is padding): that attention takes about 1 ms per layer and step, bound by
-reading the cache from memory, and the linear layers are the largest share (~40%). Dropping finished
-rows matters for RL batches, whose rows end at very different steps.
+not at all when nothing is padding): that attention takes about 1 ms per layer and step at one
+thread (0.7 at two), bound by reading the cache from memory, and the linear layers are the largest
+share (~40%). Dropping finished rows matters for RL batches, whose rows end at very different steps.
 
 Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the
 full-recompute loop (batch 256 rows, 64 new tokens, the default model size; --compare-hf adds
@@ -89,7 +89,8 @@ class CausalSelfAttention(nn.Module):
         slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1) 0 or -inf, or None.
         With one query per row, attention is a dot product per (slot, row, head), written here as
         elementwise products and sums that stream once through the slot-major cache. SDPA's CPU
-        kernel and a batched matmul both run a tiny matrix product per (row, head): twice the time.
+        kernel and a batched matmul run a tiny matrix product per (row, head) instead, and took 1.5
+        to 3 times as long at the benchmark's shape.
         """
         N, C = x.size()
         nh, S = self.n_head, slot + 1
@@ -375,8 +376,8 @@ def prompt_seeds(n_prompts, generator, seeds):
 
 
 # Finished rows are dropped from the sampler's batch once at most this share of it is still running:
-# each drop copies the cache, so not at every finish. 3/4 was the fastest of 1/2, 3/4, 9/10 and 1
-# on an RL-like batch (32 prompts x 8 samples, lengths 1-64).
+# each drop copies the cache, so not at every finish. 3/4 was the fastest of never, 1/2, 3/4, 9/10
+# and 1 (at every finish) on an RL-like batch (32 prompts x 8 samples, lengths 1-64).
 SHRINK = 0.75
 
 
@@ -566,6 +567,7 @@ if __name__ == "__main__":
           f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} tokens, "
           f"{args.new_tokens} new tokens, on {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
                                                             else f", {torch.get_num_threads()} threads"))
+
     def ours(sampler, bf16=False):
         """Our sampler on the benchmark batch at temperature 1, optionally under bf16 autocast."""
         def sample():

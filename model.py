@@ -3,25 +3,39 @@ model.py: a small GPT written from scratch, and the hand-written sampler that RL
 
 What is here, top to bottom:
   1. GPTConfig and GPT: pre-norm transformer blocks, causal self-attention, tied input/output
-     embeddings, learned positions. The forward takes a `valid` mask so that left-padded rows work:
-     padding is never attended to and every row's positions start at 0 on its first real token.
-  2. token_logprobs and completion_logprobs: log pi(target | prefix) at a temperature, the quantity
-     the RL loss is built from; pick_device and autocast (bf16 on CUDA, float32 elsewhere).
-  3. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded; each
-     prompt is prefilled once and its cache is copied to its G samples; then one token per step for
-     every row; a row stops at its own EOS. Every random draw comes from per-prompt seeded
-     torch.Generators, so a prompt gets the same samples whether it is sampled alone or in a batch.
-     pack lays out given completions the same way.
-  4. generate_naive: the nanoGPT-style loop (recompute the whole sequence every step), kept as the
+     embeddings, learned positions. The forward takes a `valid` mask so that left-padded rows work
+     (padding is never attended to, and every row's positions start at 0 on its first real token),
+     or `segments` for rows that pack several examples.
+  2. token_logprobs, token_entropy and completion_logprobs: log pi(target | prefix) at a
+     temperature, the quantity the RL loss is built from; pick_device and autocast (bf16 on CUDA,
+     float32 elsewhere).
+  3. Packed rows (pack_rows): several examples one after another in a row, with a block-diagonal
+     causal mask, as supervised training reads them: compute is spent on tokens, not padding.
+  4. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded;
+     each prompt is prefilled once (the forward above, writing its keys and values) and its cache
+     copied to its G samples; then GPT.decode_step adds one token to every row per step. A row
+     stops at its own EOS, and finished rows leave the batch once a quarter of it has finished.
+     Every random draw comes from per-prompt seeded torch.Generators, so a prompt gets the same
+     samples alone or in a batch. pack lays out given completions as generate returns them.
+  5. generate_naive: the nanoGPT-style loop (recompute the whole sequence every step), kept as the
      reference the tests compare against and the baseline of the benchmark.
 
 Simplifications: no dropout (RL wants the sampled and the trained distribution to be the same
 function), no rotary embeddings, no flash-decoding; the cache is preallocated to prompt length +
 max_new_tokens.
 
+Where the sampler's time goes (CPU, the benchmark below, torch.profiler): with SDPA in the one-token
+decode step, half of it went to that attention (2-3.5 ms per layer and step at one thread: one tiny
+matrix product per row and head) and a third to the linear layers. decode_step now writes attention
+as elementwise products and sums streaming through a slot-major cache (slot s of every row is one
+contiguous block), a scratch buffer takes the products, and the mask is built once per step (and
+not at all when nothing is padding): that attention takes about 1 ms per layer and step at one
+thread (0.7 at two), bound by reading the cache from memory, and the linear layers are the largest
+share (~40%). Dropping finished rows matters for RL batches, whose rows end at very different steps.
+
 Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the
-full-recompute loop (batch 256 rows, 64 new tokens, the default model size), on CUDA when there is
-one (then also under bf16 autocast).
+full-recompute loop (batch 256 rows, 64 new tokens, the default model size; --compare-hf adds
+transformers' generate()), on CUDA when there is one (then also under bf16 autocast).
 """
 
 import math
@@ -38,8 +52,7 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    # the arithmetic tokenizer has ~22 tokens; a round number keeps the matmuls tidy
-    vocab_size: int = 32
+    vocab_size: int = 32  # the tokenizer has ~22 tokens; a round number keeps the matmuls tidy
     block_size: int = 128  # longest sequence (prompt + completion) the position table covers
     n_layer: int = 4
     n_head: int = 4
@@ -61,18 +74,49 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
-            # write this call's keys/values at [start, start+T) and attend over everything cached so
-            # far
-            cache.k[layer][:, :, start:start + T] = k
-            cache.v[layer][:, :, start:start + T] = v
-            k = cache.k[layer][:, :, :start + T]  # (B, nh, S, hs)
-            v = cache.v[layer][:, :, :start + T]
+            # write this call's keys/values at slots [start, S) of the slot-major cache
+            # (S_max, B, C), and attend over everything cached so far
+            S, hs = start + T, C // self.n_head
+            cache.k[layer][start:S] = k.permute(2, 0, 1, 3).reshape(T, B, C)
+            cache.v[layer][start:S] = v.permute(2, 0, 1, 3).reshape(T, B, C)
+            k = cache.k[layer][:S].view(S, B, self.n_head, hs).permute(1, 2, 0, 3)  # (B, nh, S, hs)
+            v = cache.v[layer][:S].view(S, B, self.n_head, hs).permute(1, 2, 0, 3)  # (B, nh, S, hs)
         if attn_mask is None:  # no padding, no cache: the fused causal path
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # attn_mask: (B, 1, T, S) bool, True = may attend
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
+
+    def decode(self, x, cache, layer, slot, bias):
+        """
+        The sampler's step: x (N, C) holds each row's newest token; its key and value go to cache
+        slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1) 0 or -inf, or None.
+        With one query per row, attention is a dot product per (slot, row, head), written here as
+        elementwise products and sums that stream once through the slot-major cache. SDPA's CPU
+        kernel and a batched matmul run a tiny matrix product per (row, head) instead, and took 1.5
+        to 3 times as long at the benchmark's shape.
+        """
+        N, C = x.size()
+        nh, S = self.n_head, slot + 1
+        hs = C // nh
+        q, k, v = self.c_attn(x).split(C, dim=1)  # (N, C) each
+        cache.k[layer][slot] = k  # one contiguous (N, C) block
+        cache.v[layer][slot] = v
+        keys = cache.k[layer][:S].view(S, N, nh, hs)  # (S, N, nh, hs): the filled slots only
+        values = cache.v[layer][:S].view(S, N, nh, hs)  # (S, N, nh, hs)
+        # the products go to one buffer that every layer and step reuses: a fresh temporary, a
+        # little larger every step, would be new memory for the OS to page in every time
+        prod = cache.scratch[:S * N * C].view(S, N, nh, hs)
+        # float(): a no-op in float32; under bf16 autocast, it keeps the products and sums float32.
+        # The 1/sqrt(hs) goes on q: N*C numbers rather than S*N*nh scores.
+        q = q.float().view(N, nh, hs) * hs ** -0.5
+        scores = torch.mul(q, keys, out=prod).sum(-1)  # (S, N, nh)
+        if bias is not None:
+            scores = scores + bias
+        att = scores.softmax(0)  # over the slots
+        y = torch.mul(att[..., None], values, out=prod).sum(0)  # (N, nh, hs)
+        return self.c_proj(y.view(N, C))  # heads side by side, as forward lays them out
 
 
 class MLP(nn.Module):
@@ -162,6 +206,27 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, i, start)
         return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+
+    def decode_step(self, idx, pos, cache, slot):
+        """
+        The sampler's step, the same function as forward for one new token per row: idx (N,) each
+        row's newest token, at positions pos (N,), its keys and values written to cache slot `slot`.
+        Returns the next-token logits (N, vocab_size).
+        """
+        # (S, N, 1) additive mask, built once for all layers: 0 on real tokens, -inf on padding;
+        # None when nothing is padding (prompts of one length, no row finished), saving an add.
+        # Every row has a real prompt token, so no row is all -inf (that would give NaN); a finished
+        # row's own slot is padding, so its output is garbage, which nobody reads.
+        seen = cache.valid[:, :slot + 1].t()  # (S, N)
+        bias = None
+        if not seen.all():
+            bias = torch.zeros(seen.shape, device=idx.device).masked_fill_(~seen, float("-inf"))
+            bias = bias[:, :, None]
+        x = self.wte(idx) + self.wpe(pos)  # (N, C): no T axis, one token per row
+        for i, block in enumerate(self.blocks):
+            x = x + block.attn.decode(block.ln_1(x), cache, i, slot, bias)
+            x = x + block.mlp(block.ln_2(x))
+        return self.lm_head(self.ln_f(x))  # (N, vocab_size)
 
 
 def padded_causal_mask(valid, start):
@@ -328,21 +393,39 @@ class Rollout:
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (N, nh, S_max, hs), plus which slots hold real
-    tokens."""
+    """
+    Preallocated keys and values of every layer, slot-major: (S_max, N, C), heads side by side in C.
+    Slot s of all N rows is one contiguous block, so a step's keys are written with one copy and
+    slots [0, S) are read as one stream. valid: (N, S_max) bool, which slots hold real tokens.
+    scratch: room for the decode step's (S, N, C) products, reused by every layer and step.
+    """
 
     def __init__(self, config, n_rows, max_len, device, dtype):
-        shape = (n_rows, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        shape = (max_len, n_rows, config.n_embd)
+        # empty, not zeros: a slot is always written before any query reads it
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.valid = torch.zeros(n_rows, max_len, dtype=torch.bool, device=device)
+        self.scratch = torch.empty(max_len * n_rows * config.n_embd, device=device)  # float32
+
+    def keep_rows(self, keep, filled):
+        """
+        Keep only rows `keep` (n,), ascending, of the first `filled` slots: the sampler drops rows
+        that have finished. In place, in the first n rows of each buffer: no new memory.
+        """
+        n = len(keep)
+        for kv in (self.k, self.v):
+            for layer, buf in enumerate(kv):
+                buf[:filled, :n] = buf[:filled, keep]  # the right side is a copy: overlap is safe
+                kv[layer] = buf[:, :n]  # (S_max, n, C)
+        self.valid = self.valid[keep]
 
 
 def left_pad(prompts, pad_id, device):
     """list of token lists -> (B, P) left-padded ids and (B, P) bool valid mask."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt and every prompt needs at least one "
-                         "token")
+        raise ValueError("generate needs at least one prompt and every prompt needs at least "
+                         "one token")
     P = max(len(p) for p in prompts)
     idx = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros(len(prompts), P, dtype=torch.bool, device=device)
@@ -354,8 +437,9 @@ def left_pad(prompts, pad_id, device):
 
 def pack(prompts, completions, pad_id, device):
     """Given completions (token lists, EOS included) of prompts (token lists) as a Rollout, the
-    layout the sampler returns: left-padded prompts, right-padded completions, a mask over the real
-    completion tokens, log-probs 0."""
+    layout the sampler
+    returns: left-padded prompts, right-padded completions, a mask over the real completion tokens,
+    log-probs 0."""
     prompt, prompt_valid = left_pad(prompts, pad_id, device)
     lengths = torch.tensor([len(c) for c in completions], device=device)
     shape = (len(completions), int(lengths.max()))
@@ -369,16 +453,16 @@ def pack(prompts, completions, pad_id, device):
 def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
     """
     (B * num_samples, max_new_tokens, V) Gumbel noise, one seeded torch.Generator per prompt.
-    Drawing it per prompt (not per batch) is what makes a prompt's samples independent of what else
-    is in the batch.
+    Drawing it per prompt
+    (not per batch) is what makes a prompt's samples independent of what else is in the batch.
     argmax(logits / T + g) with g ~ Gumbel(0, 1) is an exact draw from softmax(logits / T).
     """
-    noise = []
-    for s in seeds:
-        gen = torch.Generator().manual_seed(int(s))
-        u = torch.rand(num_samples, max_new_tokens, vocab_size, generator=gen)
-        noise.append(-torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7))))
-    return torch.cat(noise).to(device)
+    shape = (num_samples, max_new_tokens, vocab_size)
+    u = torch.cat([torch.rand(shape, generator=torch.Generator().manual_seed(int(s)))
+                   for s in seeds])
+    # the logs once over the whole batch, not once per prompt: a log may start the thread pool even
+    # on a small tensor, and on a busy machine every start can wait for a descheduled thread
+    return (-torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))).to(device)
 
 
 def pick_tokens(logits, noise, temperature, top_k):
@@ -414,8 +498,8 @@ def prompt_seeds(n_prompts, generator, seeds):
     """One seed per prompt: given explicitly, or drawn from the caller's seeded generator."""
     if seeds is not None:
         if len(seeds) != n_prompts:
-            raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got "
-                             f"{len(seeds)}")
+            raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), "
+                             f"got {len(seeds)}")
         return list(seeds)
     if generator is None:
         raise ValueError("pass a seeded torch.Generator (generator=) or one seed per prompt "
@@ -423,13 +507,18 @@ def prompt_seeds(n_prompts, generator, seeds):
     return torch.randint(0, 2**62, (n_prompts,), generator=generator).tolist()
 
 
-@torch.no_grad()
+# Finished rows are dropped from the sampler's batch once at most this share of it is still running:
+# each drop copies the cache, so not at every finish. 3/4 was the fastest of never, 1/2, 3/4, 9/10
+# and 1 (at every finish) on an RL-like batch (32 prompts x 8 samples, lengths 1-64).
+SHRINK = 0.75
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad, ~100 ops a step
 def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0,
              top_k=None, generator=None, seeds=None):
     """
     Sample num_samples completions for each prompt (a list of token-id lists of any lengths) with a
-    KV cache.
-    Rows come out prompt-major: rows [i*G, (i+1)*G) are the G samples of prompt i.
+    KV cache. Rows come out prompt-major: rows [i*G, (i+1)*G) are the G samples of prompt i.
     """
     check_sampling_args(temperature, top_k, num_samples, max_new_tokens)
     device, cfg = model.wte.weight.device, model.config
@@ -437,49 +526,65 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
     idx, valid = left_pad(prompts, pad_id, device)  # (B, P)
     B, P = idx.shape
     N = B * num_samples
-    noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device) \
-        if temperature > 0 else None
+    noise = None
+    if temperature > 0:
+        noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device)
 
-    # prefill: every prompt once, then its cache copied to its G rows (copying is cheap;
-    # recomputing is not)
-    autocast_on = device.type == "cuda" and torch.is_autocast_enabled()
-    dtype = torch.get_autocast_dtype("cuda") if autocast_on else model.wte.weight.dtype
-    cache = KVCache(cfg, B, P + max_new_tokens, device, dtype)
-    cache.valid[:, :P] = valid
+    # prefill: every prompt once, then its keys/values copied to its G rows (copying is cheap)
+    dtype = model.wte.weight.dtype
+    if device.type == "cuda" and torch.is_autocast_enabled():  # the cache holds what autocast makes
+        dtype = torch.get_autocast_dtype("cuda")
+    prefill = KVCache(cfg, B, P, device, dtype)
+    prefill.valid[:] = valid
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, P)
-    logits = model(idx, cache=cache, start=0, pos=pos)[:, -1]  # (B, V)
-    cache.k = [k.repeat_interleave(num_samples, 0) for k in cache.k]
-    cache.v = [v.repeat_interleave(num_samples, 0) for v in cache.v]
-    cache.valid = cache.valid.repeat_interleave(num_samples, 0)
+    logits = model(idx, cache=prefill, start=0, pos=pos)[:, -1]  # (B, V)
+    cache = KVCache(cfg, N, P + max_new_tokens, device, dtype)
+    for layer in range(cfg.n_layer):  # (P, B, C) -> (P, N, C)
+        cache.k[layer][:P] = prefill.k[layer].repeat_interleave(num_samples, 1)
+        cache.v[layer][:P] = prefill.v[layer].repeat_interleave(num_samples, 1)
+    cache.valid[:, :P] = valid.repeat_interleave(num_samples, 0)
     logits = logits.repeat_interleave(num_samples, 0)  # (N, V)
-    next_pos = pos[:, -1:].repeat_interleave(num_samples, 0) + 1  # (N, 1)
+    next_pos = pos[:, -1].repeat_interleave(num_samples, 0) + 1  # (N,)
+    last_pos = int(pos[:, -1].max())
 
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(N, max_new_tokens, device=device)
     mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
-    alive = torch.ones(N, dtype=torch.bool, device=device)
+    # the working batch: its row j samples output row rows[j]; finished rows leave it now and then
+    rows = torch.arange(N, device=device)  # (n,)
+    alive = torch.ones(N, dtype=torch.bool, device=device)  # (n,)
     steps = 0
     for t in range(max_new_tokens):
-        tok, lp = pick_tokens(logits, None if noise is None else noise[:, t], temperature, top_k)
-        tokens[:, t] = torch.where(alive, tok, pad_id)
-        logprobs[:, t] = torch.where(alive, lp, 0.0)
-        # the EOS step is still alive here, so the EOS is in the mask; padding is not
-        mask[:, t] = alive
-        # a finished row's later slots are padding that no one attends to
-        cache.valid[:, P + t] = alive
+        step_noise = None if noise is None else noise[rows, t]  # (n, V)
+        tok, lp = pick_tokens(logits, step_noise, temperature, top_k)  # (n,)
+        tok = torch.where(alive, tok, pad_id)
+        tokens[rows, t] = tok
+        logprobs[rows, t] = torch.where(alive, lp, 0.0)
+        mask[rows, t] = alive  # the EOS step is still alive here: the EOS is in the mask
+        cache.valid[:, P + t] = alive  # a finished row's later slots: padding no one attends to
         alive = alive & (tok != eos_id)
         steps = t + 1
-        if not alive.any() or t == max_new_tokens - 1:
+        n_alive = int(alive.sum())
+        if n_alive == 0 or t == max_new_tokens - 1:
             break
-        logits = model(tokens[:, t:t + 1], cache=cache, start=P + t, pos=next_pos)[:, -1]  # (N, V)
+        if n_alive <= SHRINK * alive.numel():
+            keep = alive.nonzero().squeeze(1)  # (n_alive,)
+            rows, alive, tok, next_pos = rows[keep], alive[keep], tok[keep], next_pos[keep]
+            cache.keep_rows(keep, P + t)
+        if last_pos + t + 1 >= cfg.block_size:
+            raise ValueError(f"position {last_pos + t + 1} is beyond block_size={cfg.block_size}")
+        logits = model.decode_step(tok, next_pos, cache, P + t)  # (n, V)
         next_pos = next_pos + 1
-    return Rollout(idx.repeat_interleave(num_samples, 0), valid.repeat_interleave(num_samples, 0),
-                   tokens[:, :steps], mask[:, :steps], logprobs[:, :steps])
+    # clones made outside inference mode are ordinary tensors, which the loss may save for backward
+    out = (idx.repeat_interleave(num_samples, 0), valid.repeat_interleave(num_samples, 0),
+           tokens[:, :steps], mask[:, :steps], logprobs[:, :steps])
+    with torch.inference_mode(False):
+        return Rollout(*(t.clone() for t in out))
 
 
 @torch.no_grad()
-def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0,
-                   top_k=None, generator=None, seeds=None):
+def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1,
+                   temperature=1.0, top_k=None, generator=None, seeds=None):
     """The same draws as generate(), nanoGPT style: no cache, the whole sequence is recomputed every
     step."""
     check_sampling_args(temperature, top_k, num_samples, max_new_tokens)
@@ -489,8 +594,9 @@ def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1
     idx = idx.repeat_interleave(num_samples, 0)  # (N, P)
     valid = valid.repeat_interleave(num_samples, 0)  # (N, P)
     N, P = idx.shape
-    noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device) \
-        if temperature > 0 else None
+    noise = None
+    if temperature > 0:
+        noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device)
     seq, seq_valid = idx, valid
     logprobs = []
     alive = torch.ones(N, dtype=torch.bool, device=device)
@@ -511,33 +617,28 @@ def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1
 # Self-check and benchmark: python model.py
 
 
-def _benchmark(model, prompts, eos_id, pad_id, max_new_tokens, repeats, device):
-    """Tokens per second of both samplers on the same batch (and, on CUDA, of the KV cache under
-    bf16 autocast, as training samples); EOS is a token the random model never picks first."""
-    rates = {}
-    runs = [("kv-cache", generate, False), ("full-recompute", generate_naive, False)]
-    if device.type == "cuda":
-        runs.append(("kv-cache, bf16 autocast", generate, True))
-    for name, fn, bf16 in runs:
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                out = fn(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0,
-                         seeds=range(len(prompts)))
-            if device.type == "cuda":
-                # kernels run asynchronously: wait for them before reading the clock
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        rates[name] = out.mask.sum().item() / best
-    return rates
-
-
-def _benchmark_hf(config, prompts, pad_id, max_new_tokens, repeats):
+def _benchmark(samplers, repeats, device):
     """
-    Tokens per second of Hugging Face transformers' generate() (KV cache on, sampling) on a GPT-2 of
-    the same size and the same left-padded batch. transformers is not a dependency of nanoRGRA: this
-    runs only where it is installed (pip install transformers).
+    Sampled tokens per second of each sampler (name -> a function that samples the batch and
+    returns how many tokens it sampled), from the best of `repeats` timings. The samplers take turns
+    (A, B, C, A, B, C, ...) so that load from other processes on a shared machine hits them alike.
+    """
+    best, tokens = {}, {}
+    for _ in range(repeats):
+        for name, sample in samplers.items():
+            t0 = time.perf_counter()
+            tokens[name] = sample()
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: wait for them first
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    return {name: tokens[name] / best[name] for name in samplers}
+
+
+def _hf_sampler(config, prompts, pad_id, max_new_tokens):
+    """
+    Hugging Face transformers' generate() (KV cache on, sampling, top-k off) on a GPT-2 of the same
+    size and the same left-padded batch, as a sampler for _benchmark; and its parameter count.
+    transformers is not a dependency of nanoRGRA: this runs only where it is installed.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
     hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
@@ -545,16 +646,16 @@ def _benchmark_hf(config, prompts, pad_id, max_new_tokens, repeats):
                            bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
     hf = GPT2LMHeadModel(hf_config).eval()
     idx, valid = left_pad(prompts, pad_id, "cpu")
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        # min_new_tokens keeps every row running, like the EOS-free timing above
+
+    def sample():
+        # min_new_tokens keeps every row running, like the EOS-free timing of ours
         with torch.no_grad():
             out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0,
                               use_cache=True, max_new_tokens=max_new_tokens,
                               min_new_tokens=max_new_tokens)
-        best = min(best, time.perf_counter() - t0)
-    return (out.size(1) - idx.size(1)) * out.size(0) / best, sum(p.numel() for p in hf.parameters())
+        return (out.size(1) - idx.size(1)) * out.size(0)
+
+    return sample, sum(p.numel() for p in hf.parameters())
 
 
 if __name__ == "__main__":
@@ -565,13 +666,13 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=256, help="rows sampled at once")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats; the best is reported")
+                        help="timed repeats, the samplers taking turns; the best is reported")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
     parser.add_argument("--compare-hf", action="store_true",
-                        help="also time transformers' GPT-2 generate() at the same size (needs "
-                             "transformers)")
+                        help="also time transformers' GPT-2 generate() at the same size "
+                             "(needs transformers)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -597,29 +698,43 @@ if __name__ == "__main__":
     a = generate(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     b = generate_naive(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     assert torch.equal(a.tokens, b.tokens), "KV-cache and full-recompute samples differ"
-    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4), \
-        "KV-cache and full-recompute log-probs differ"
+    same_logprobs = torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
+    assert same_logprobs, "KV-cache and full-recompute log-probs differ"
     with torch.no_grad():
         lp = completion_logprobs(model, a, 1.0)
     print(f"self-check ok on {device}: KV-cache == full recompute; sampler vs training log-probs "
           f"max |diff| = {(lp - a.logprobs).abs().max().item():.2e}")
 
     lens = [len(p) for p in prompts]
-    where = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" \
-        else f", {torch.get_num_threads()} threads"
+    where = f"{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name()
     print(f"model: {model.num_params():,} params ({config.n_layer} layers, {config.n_head} heads, "
           f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} "
-          f"tokens, {args.new_tokens} new tokens, on {device}" + where)
-    rates = _benchmark(model, prompts, never, tok.pad_id, args.new_tokens, args.repeats, device)
-    for name, r in rates.items():
-        print(f"{name:>15}: {r:,.0f} sampled tokens/s")
-    speed_up = rates["kv-cache"] / rates["full-recompute"]
-    print(f"speed-up (kv-cache / full-recompute): {speed_up:.1f}x")
+          f"tokens, {args.new_tokens} new tokens, on {device} ({where})")
+
+    def ours(sampler, bf16=False):
+        """Our sampler on the benchmark batch at temperature 1, optionally under bf16 autocast."""
+        def sample():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                out = sampler(model, prompts, args.new_tokens, never, tok.pad_id, temperature=1.0,
+                              seeds=range(len(prompts)))
+            return out.mask.sum().item()
+        return sample
+
+    samplers = {"kv-cache": ours(generate), "full-recompute": ours(generate_naive)}
+    if device.type == "cuda":  # as training samples there
+        samplers["kv-cache, bf16 autocast"] = ours(generate, bf16=True)
     if args.compare_hf and device.type != "cpu":
         print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
     elif args.compare_hf:
-        hf_rate, hf_params = _benchmark_hf(config, prompts, tok.pad_id, args.new_tokens,
-                                           args.repeats)
-        print(f"{'hf generate':>15}: {hf_rate:,.0f} sampled tokens/s (transformers GPT-2, "
-              f"{hf_params:,} params)")
-        print(f"kv-cache / hf generate: {rates['kv-cache'] / hf_rate:.2f}x")
+        hf_sample, hf_params = _hf_sampler(config, prompts, tok.pad_id, args.new_tokens)
+        samplers["hf generate"] = hf_sample
+    rates = _benchmark(samplers, args.repeats, device)
+    for name, r in rates.items():
+        print(f"{name:>15}: {r:,.0f} sampled tokens/s"
+              + (f" (transformers GPT-2, {hf_params:,} params)" if name == "hf generate" else ""))
+    speed_up = rates["kv-cache"] / rates["full-recompute"]
+    print(f"speed-up (kv-cache / full-recompute): {speed_up:.1f}x")
+    if "hf generate" in rates:
+        print(f"kv-cache / hf generate: {rates['kv-cache'] / rates['hf generate']:.2f}x")

@@ -2,9 +2,8 @@
 distributed.py: one run over several processes with torchrun, and the same calls as no-ops in one
 process.
 
-    torchrun --standalone --nproc_per_node=2 nanorgra.py          # 2 processes on one machine (CPU:
-    gloo)
-    torchrun --standalone --nproc_per_node=8 nanorgra.py          # 8 GPUs, one process each (NCCL)
+    torchrun --standalone --nproc_per_node=2 nanorgra.py   # 2 processes on one machine (CPU: gloo)
+    torchrun --standalone --nproc_per_node=8 nanorgra.py   # 8 GPUs, one process each (NCCL)
 
 torchrun starts the script once per process and tells each its rank (RANK, WORLD_SIZE, LOCAL_RANK in
 the environment). setup_device() joins them into one process group; the functions below are the only
@@ -13,20 +12,19 @@ function returns its input.
 
 What nanorgra.py splits across ranks, and why the update is the single-process one:
   - each rank samples and scores a contiguous share of each step's prompts (my_share); the
-  per-prompt seeds are
-    drawn for the whole step first, so a prompt's samples do not depend on the rank that draws them;
+    per-prompt seeds are drawn for the whole step first, so a prompt's samples do not depend on the
+    rank that draws them;
   - the rewards are gathered (gather_rows), so every rank computes the advantages of the whole
-  batch;
+    batch;
   - every rank draws the same minibatches over the whole batch, computes the loss of its own rows
-  with the
-    whole minibatch's denominators, and the gradients are summed (sum_gradients_over_ranks): the sum
-    of the ranks' gradients is the gradient of the whole minibatch, so every rank takes the same
-    optimizer step. Only the order of the floating-point additions differs from one process
-    (tests/test_distributed.py).
+    with the whole minibatch's denominators, and the gradients are summed
+    (sum_gradients_over_ranks): the sum of the ranks' gradients is the gradient of the whole
+    minibatch, so every rank takes the same optimizer step. Only the order of the floating-point
+    additions differs from one process (tests/test_distributed.py);
   - evaluations: every rank samples its share of the test prompts and the texts are gathered
-  (gather_objects);
+    (gather_objects);
   - the warm start runs on rank 0, which caches it; the other ranks wait and load it
-  (rundir.cached_model).
+    (rundir.cached_model).
 """
 
 import datetime

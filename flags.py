@@ -67,8 +67,7 @@ RUN_FLAGS = {
 
 def build_parser(presets):
     """The parser: the run's flags, then one flag per field of the presets' LossConfig, whose
-    default is None
-    (None: the preset's value)."""
+    default is None (None: the preset's value)."""
     description = "Warm start, then GRPO / RGRA with every loss component a switch."
     epilog = "presets: " + "; ".join(f"{name}: {config}" for name, config in presets.items())
     p = argparse.ArgumentParser(description=description, epilog=epilog)
@@ -138,9 +137,9 @@ def run_problems(args):
 
 
 def parse_args(presets, argv=None):
-    """The command line as a namespace whose .loss is the preset with the given switches on top. A
-    value that cannot work stops here with exit status 2 and a message naming its flag and what it
-    allows."""
+    """The command line as a namespace whose .loss is the preset with the given switches on top.
+    A value that cannot work stops here with exit status 2 and a message naming its flag and what
+    it allows."""
     parser = build_parser(presets)
     args = parser.parse_args(argv)
     switches = [f.name for f in fields(presets["rgra"])]

@@ -7,8 +7,8 @@ What is here, top to bottom:
      (padding is never attended to, and every row's positions start at 0 on its first real token),
      or `segments` for rows that pack several examples.
   2. token_logprobs, token_entropy and completion_logprobs: log pi(target | prefix) at a
-     temperature, the quantity the RL loss is built from; pick_device and autocast (bf16 on CUDA,
-     float32 elsewhere).
+     temperature, the quantity the RL loss is built from; pick_device and autocast
+     (bf16 on CUDA, float32 elsewhere).
   3. Packed rows (pack_rows): several examples one after another in a row, with a block-diagonal
      causal mask, as supervised training reads them: compute is spent on tokens, not padding.
   4. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded;
@@ -21,8 +21,8 @@ What is here, top to bottom:
      reference the tests compare against and the baseline of the benchmark.
 
 Simplifications: no dropout (RL wants the sampled and the trained distribution to be the same
-function), no rotary embeddings, no flash-decoding; the cache is preallocated to prompt length +
-max_new_tokens.
+function), no rotary embeddings, no flash-decoding; the cache is preallocated to
+prompt length + max_new_tokens.
 
 Where the sampler's time goes (CPU, the benchmark below, torch.profiler): with SDPA in the one-token
 decode step, half of it went to that attention (2-3.5 ms per layer and step at one thread: one tiny
@@ -94,8 +94,8 @@ class CausalSelfAttention(nn.Module):
         slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1) 0 or -inf, or None.
         With one query per row, attention is a dot product per (slot, row, head), written here as
         elementwise products and sums that stream once through the slot-major cache. SDPA's CPU
-        kernel and a batched matmul run a tiny matrix product per (row, head) instead, and took 1.5
-        to 3 times as long at the benchmark's shape.
+        kernel and a batched matmul run a tiny matrix product per (row, head) instead, and took
+        1.5 to 3 times as long at the benchmark's shape.
         """
         N, C = x.size()
         nh, S = self.n_head, slot + 1
@@ -179,8 +179,7 @@ class GPT(nn.Module):
     def forward(self, idx, valid=None, cache=None, start=0, pos=None, segments=None):
         """
         idx: (B, T) token ids. valid: (B, T) bool, False on left padding (None = all real tokens).
-        With a cache, idx holds the tokens at cache slots [start, start+T) and `pos` their
-        positions.
+        With a cache, idx holds the tokens at cache slots [start, start+T), `pos` their positions.
         segments: (B, T), for rows that hold several examples one after another (pack_rows): the
         number of the example each position belongs to, -1 on padding; each example's positions
         count from its first token and no example attends to another.
@@ -359,8 +358,8 @@ def pack_rows(examples, pad_id, device, row_len=PACK_LEN):
 
 
 def packed_logprobs(model, batch, temperature=1.0):
-    """(R, T) log-probs of each slot's target under model; read them where batch.loss_mask is
-    True."""
+    """(R, T) log-probs of each slot's target under model; read them where
+    batch.loss_mask is True."""
     logits = model(batch.tokens, segments=batch.segments)
     return token_logprobs(logits, batch.targets, temperature)
 
@@ -381,8 +380,8 @@ class Rollout:
     logprobs: torch.Tensor
 
     def sequences(self):
-        """The full (prompt | completion) rows and their valid mask, as the training forward takes
-        them."""
+        """The full (prompt | completion) rows and their valid mask, as the training forward
+        takes them."""
         seq = torch.cat([self.prompt, self.tokens], 1)
         return seq, torch.cat([self.prompt_valid, self.mask], 1)
 
@@ -437,9 +436,8 @@ def left_pad(prompts, pad_id, device):
 
 def pack(prompts, completions, pad_id, device):
     """Given completions (token lists, EOS included) of prompts (token lists) as a Rollout, the
-    layout the sampler
-    returns: left-padded prompts, right-padded completions, a mask over the real completion tokens,
-    log-probs 0."""
+    layout the sampler returns: left-padded prompts, right-padded completions, a mask over the
+    real completion tokens, log-probs 0."""
     prompt, prompt_valid = left_pad(prompts, pad_id, device)
     lengths = torch.tensor([len(c) for c in completions], device=device)
     shape = (len(completions), int(lengths.max()))
@@ -453,8 +451,8 @@ def pack(prompts, completions, pad_id, device):
 def gumbel_noise(seeds, num_samples, max_new_tokens, vocab_size, device):
     """
     (B * num_samples, max_new_tokens, V) Gumbel noise, one seeded torch.Generator per prompt.
-    Drawing it per prompt
-    (not per batch) is what makes a prompt's samples independent of what else is in the batch.
+    Drawing it per prompt (not per batch) is what makes a prompt's samples independent of what
+    else is in the batch.
     argmax(logits / T + g) with g ~ Gumbel(0, 1) is an exact draw from softmax(logits / T).
     """
     shape = (num_samples, max_new_tokens, vocab_size)
@@ -469,8 +467,8 @@ def pick_tokens(logits, noise, temperature, top_k):
     """
     logits: (N, V) next-token logits, noise: (N, V). Returns the chosen tokens (N,) and their
     log-probs (N,) under the distribution they were drawn from: softmax(logits / T) restricted to
-    the top k. Greedy (T = 0) returns the T = 1 log-probs of the argmax, which is what evaluation
-    statistics want.
+    the top k. Greedy (T = 0) returns the T = 1 log-probs of the argmax, which is what
+    evaluation statistics want.
     """
     logits = logits.float()
     if temperature == 0:
@@ -585,8 +583,8 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
 @torch.no_grad()
 def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1,
                    temperature=1.0, top_k=None, generator=None, seeds=None):
-    """The same draws as generate(), nanoGPT style: no cache, the whole sequence is recomputed every
-    step."""
+    """The same draws as generate(), nanoGPT style: no cache, the whole sequence is recomputed
+    every step."""
     check_sampling_args(temperature, top_k, num_samples, max_new_tokens)
     device, cfg = model.wte.weight.device, model.config
     seeds = prompt_seeds(len(prompts), generator, seeds)
@@ -687,13 +685,13 @@ if __name__ == "__main__":
     model = GPT(config, seed=0).to(device).eval()
     problems = sample_problems(LEVELS[RL_LEVEL], args.batch, np.random.default_rng(0))
     prompts = [tok.encode(prompt_text(p)) for p in problems]
-    # an EOS id outside the vocabulary keeps every row running for the full budget: a fair,
-    # fixed-length timing
+    # an EOS id outside the vocabulary keeps every row running for the full budget:
+    # a fair, fixed-length timing
     never = -1
 
     # self-check, in float32 on the device: the cache changes the cost, not the result
-    # (tests/test_gpu.py checks bf16 autocast on CUDA, where a near-tie between two tokens may be
-    # decided differently)
+    # (tests/test_gpu.py checks bf16 autocast on CUDA, where a near-tie between two tokens
+    # may be decided differently)
     few = prompts[:8]
     a = generate(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
     b = generate_naive(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))

@@ -10,13 +10,13 @@ the loss is a named switch that one visible `if` reads.
 
 Read top to bottom: the loss, one RL step (sample, score, advantages, learn), the warm start,
 evaluation, and the run loop. What is not the lesson lives apart: flags.py (the command line),
-rundir.py (the run directory, resume, checkpoints, caches, logs and figures), distributed.py
-(torchrun). REFERENCE.md has the equations, papers and pitfalls; experiments/ the sweep and the
-study.
+rundir.py (the run directory, resume, checkpoints, caches, logs and figures),
+distributed.py (torchrun). REFERENCE.md has the equations, papers and pitfalls;
+experiments/ the sweep and the study.
 
-Simplifications: full fine-tuning (no LoRA), an exact verifier, no value network. Every random draw
-of a step comes from generators seeded by (seed, step): a resumed run repeats the uninterrupted one
-on CPU.
+Simplifications: full fine-tuning (no LoRA), an exact verifier, no value network. Every random
+draw of a step comes from generators seeded by (seed, step): a resumed run repeats the
+uninterrupted one on CPU.
 """
 
 import copy
@@ -74,13 +74,13 @@ from verifier import STYLE_NAMES, outcome_reward, solution_style
 #
 # Why GRPO and RGRA give the same gradient when mu = 1 (one update per sampled batch): the batch
 # comes from the current policy, so rho_it = 1 at the update. Inside [1-eps, 1+eps] the min picks
-# the unclipped term, whose gradient is A_i grad rho_it = A_i rho_it grad logp_it = A_i grad
-# logp_it: the REINFORCE gradient. Ratio and clipping act only once the policy has moved away from
-# the one that sampled (mu > 1, or a later minibatch). "Why is my loss 0?": at rho = 1 the GRPO loss
-# value is -mean_i A_i = 0 for mean-centred advantages, yet its gradient is not 0. (RGRA's loss
-# value is not 0 either way; only the gradient matters.) The same holds for gspo and cispo: at
-# mu = 1 every ratio is 1, s_i too, and no weight is clipped, so they differ from rgra only in their
-# aggregation and beta.
+# the unclipped term, whose gradient is the REINFORCE gradient:
+#   A_i grad rho_it = A_i rho_it grad logp_it = A_i grad logp_it
+# Ratio and clipping act only once the policy has moved away from the one that sampled (mu > 1, or
+# a later minibatch). "Why is my loss 0?": at rho = 1 the GRPO loss value is -mean_i A_i = 0 for
+# mean-centred advantages, yet its gradient is not 0. (RGRA's loss value is not 0 either way; only
+# the gradient matters.) The same holds for gspo and cispo: at mu = 1 every ratio is 1, s_i too,
+# and no weight is clipped, so they differ from rgra only in their aggregation and beta.
 
 
 def switch(default, help, choices=None, above=None, at_least=None, below=None):
@@ -164,8 +164,8 @@ class LossConfig:
 
 
 class SwitchError(ValueError):
-    """A LossConfig value that cannot work: .switch names its field, .problem says what is wrong
-    with it."""
+    """A LossConfig value that cannot work: .switch names its field, .problem says what is
+    wrong with it."""
 
     def __init__(self, switch, problem):
         super().__init__(f"{switch} {problem}")
@@ -174,8 +174,8 @@ class SwitchError(ValueError):
 
 
 def check_switch(name, value, allowed):
-    """SwitchError unless value is one of allowed["choices"], or a finite number inside allowed's
-    bounds."""
+    """SwitchError unless value is one of allowed["choices"], or a finite number inside
+    allowed's bounds."""
     if allowed["choices"] is not None:
         if value not in allowed["choices"]:
             choices = ", ".join(allowed["choices"])
@@ -280,8 +280,8 @@ def best_of_group(rewards):
 
 
 def zero_variance_groups(rewards):
-    """(B, G) -> (B,) bool: groups whose G rewards are all equal (all right or all wrong) carry no
-    signal."""
+    """(B, G) -> (B,) bool: the groups whose G rewards are all equal (all right or all
+    wrong), which carry no signal."""
     return (rewards == rewards[:, :1]).all(1)
 
 
@@ -392,8 +392,8 @@ def entropy_bonus(entropy, mask, cfg, counts):
       loss_it = -entropy_coef H_it,   H_it = -sum_v pi(v | q, o_i<t) log pi(v | q, o_i<t)
     H is the entropy of the whole next-token distribution at step t (model.token_entropy), not the
     -log pi of the sampled token; minimising -H spreads probability back over the tokens the policy
-    is squeezing out. learn() adds it to rl_loss, because it needs the logits. entropy, mask:
-    (N, L); counts: as in rl_loss.
+    is squeezing out. learn() adds it to rl_loss, because it needs the logits.
+    entropy, mask: (N, L); counts: as in rl_loss.
     """
     n_seqs, n_tokens = counts
     per_token = -cfg.entropy_coef * entropy  # (N, L)
@@ -451,8 +451,8 @@ def rl_loss(logp, rows, adv, ref_logp, cfg, counts):
 
 
 def step_rngs(seed, step, stream):
-    """Generators for one step, keyed by (seed, step, stream): no state to carry, so resume is
-    exact."""
+    """Generators for one step, keyed by (seed, step, stream): no state to carry, so
+    resume is exact."""
     np_rng = np.random.default_rng([seed, step, stream])
     return np_rng, torch.Generator().manual_seed(int(np_rng.integers(2**62)))
 
@@ -596,9 +596,9 @@ def rl_step(policy, ref, opt, tok, args, step):
     return step_metrics(step, all_rewards, styles, exp, learned, times)
 
 
-# Everything logged about one step, in one place: step_metrics and its parts. Sums over this rank's
-# rows are added over the ranks (sum_over_ranks) before they are divided, so every rank logs the
-# whole step's numbers.
+# Everything logged about one step, in one place: step_metrics and its parts. Sums over this
+# rank's rows are added over the ranks (sum_over_ranks) before they are divided, so every rank
+# logs the whole step's numbers.
 
 
 def step_metrics(step, rewards, styles, exp, learned, times):
@@ -627,8 +627,8 @@ def reward_metrics(rewards, exp):
 
 def token_metrics(exp):
     """Means over the sampled tokens: KL to the base (k3, when beta > 0 had its log-probs computed)
-    and the entropy estimate -log pi; and the mean completion length. sft (gold text) has no samples
-    for either."""
+    and the entropy estimate -log pi; and the mean completion length. sft (gold text) has no
+    samples for either."""
     rollout = exp.rollout
     mask = rollout.mask.float()
     sampled = bool(rollout.logprobs.any())  # given text (sft) has log-probs 0: nothing was sampled
@@ -645,8 +645,8 @@ def token_metrics(exp):
 
 def update_metrics(learned):
     """The updates learn() made: how many, the mean and largest ratio over the trained tokens, the
-    share of tokens where the clipped term acted, the loss per update and the largest gradient
-    norm."""
+    share of tokens where the clipped term acted, the loss per update and the largest
+    gradient norm."""
     sums = sum_over_ranks({key: learned[key] for key in ("tokens", "ratio_sum", "clipped", "loss")})
     ratio_max = sum_over_ranks(dict(ratio_max=learned["ratio_max"]), op="max")["ratio_max"]
     tokens = sums["tokens"] or 1
@@ -666,10 +666,10 @@ def style_shares(styles):
 
 
 # -----------------------------------------------------------------------------
-# The warm start, in two stages like an LLM's pre-training and mid-training (data.tasks.SKILLS,
-# HABITS): the atoms of the RL level and careful solutions; then a messy corpus in four styles,
-# right at very different rates, for RL (answers only) to select from: RL can make the careful habit
-# win; it does not teach arithmetic.
+# The warm start, in two stages like an LLM's pre-training and mid-training
+# (data.tasks.SKILLS, HABITS): the atoms of the RL level and careful solutions; then a messy
+# corpus in four styles, right at very different rates, for RL (answers only) to select from:
+# RL can make the careful habit win; it does not teach arithmetic.
 
 
 class Stage(NamedTuple):
@@ -762,8 +762,8 @@ SAMPLE_ROWS = 1024  # rows sampled at once: bounds the memory of evaluation batc
 
 
 class Sampling(NamedTuple):
-    """How evaluation samples: k completions per prompt at temperature (0 = greedy), each at most
-    max_new_tokens long."""
+    """How evaluation samples: k completions per prompt at temperature (0 = greedy),
+    each at most max_new_tokens long."""
     k: int
     temperature: float
     max_new_tokens: int
@@ -771,9 +771,9 @@ class Sampling(NamedTuple):
 
 @torch.no_grad()
 def sample_texts(model, tok, prompts, how, seed=0):
-    """how.k completions per prompt text, as texts (prompt-major), and their lengths in tokens (EOS
-    included). Prompt i's samples are seeded by seed + i, so neither the chunking nor the ranks
-    change them."""
+    """how.k completions per prompt text, as texts (prompt-major), and their lengths in tokens
+    (EOS included). Prompt i's samples are seeded by seed + i, so neither the chunking nor the
+    ranks change them."""
     numbered = my_share(list(enumerate(prompts)))  # this rank's prompts, with their numbers
     per_chunk = max(1, SAMPLE_ROWS // how.k)
     texts, lengths = [], []
@@ -803,8 +803,8 @@ def evaluate(model, tok, level, n, max_new_tokens):
 
 def step_accuracy(model, tok, level, max_new_tokens):
     """The atoms: up to 200 distinct steps x<op>y of each kind that occurs in the careful solutions
-    of level (atom_check_steps), each posed as a problem of its own ("Q:4+54"). Greedy accuracy per
-    step kind."""
+    of level (atom_check_steps), each posed as a problem of its own ("Q:4+54"). Greedy accuracy
+    per step kind."""
     atoms = atom_check_steps(level)
     steps = [(expr, z, kind) for kind, facts in atoms.items() for expr, z in facts.items()]
     prompts = [f"Q:{expr}\n" for expr, _, _ in steps]
@@ -814,9 +814,9 @@ def step_accuracy(model, tok, level, max_new_tokens):
 
 
 def pass_at_k(model, tok, level, n, k_max, max_new_tokens):
-    """pass@k, k = 1, 2, 4, ..., k_max, on the first n test problems: from k_max samples each at T =
-    1, the unbiased 1 - C(k_max - c, k) / C(k_max, k) for c right, averaged. RL that sharpens lifts
-    small k, not large k."""
+    """pass@k, k = 1, 2, 4, ..., k_max, on the first n test problems: from k_max samples each at
+    T = 1, the unbiased 1 - C(k_max - c, k) / C(k_max, k) for c right, averaged. RL that sharpens
+    lifts small k, not large k."""
     problems = load_test_set(level)[:n]
     prompts = [prompt_text(p) for p in problems]
     texts, _ = sample_texts(model, tok, prompts, Sampling(k_max, 1.0, max_new_tokens))
@@ -828,8 +828,8 @@ def pass_at_k(model, tok, level, n, k_max, max_new_tokens):
 
 
 def evaluate_all(model, tok, args, full=True):
-    """Greedy on the RL and OOD levels; with full (base and final), also the RL level's atoms and
-    pass@k."""
+    """Greedy on the RL and OOD levels; with full (base and final), also the RL level's
+    atoms and pass@k."""
     ev = {level: evaluate(model, tok, level, args.eval_n, args.max_new_tokens)
           for level in (RL_LEVEL, OOD_LEVEL)}
     if full:
@@ -840,8 +840,8 @@ def evaluate_all(model, tok, args, full=True):
 
 
 def base_evaluation(base, tok, args, base_path):
-    """evaluate_all of the base, cached beside it: every run of a sweep starts from the same
-    numbers."""
+    """evaluate_all of the base, cached beside it: every run of a sweep starts from the
+    same numbers."""
     spec = [args.eval_n, args.pass_n, args.pass_k, args.max_new_tokens, base.device.type,
             args.format_reward, STYLE_NAMES, STEP_KINDS, "atom_check_steps(200)", RL_LEVEL,
             OOD_LEVEL]
@@ -855,8 +855,8 @@ def base_evaluation(base, tok, args, base_path):
 
 
 def pack_examples(tok, problems, completions, device):
-    """Prompts and given completion texts (EOS appended) as a Rollout, the batch layout the losses
-    read."""
+    """Prompts and given completion texts (EOS appended) as a Rollout, the batch layout the
+    losses read."""
     prompts = [tok.encode(prompt_text(p)) for p in problems]
     targets = [tok.encode(c) + [tok.eos_id] for c in completions]
     return pack(prompts, targets, tok.pad_id, device)
@@ -883,8 +883,8 @@ def decode_completions(tok, rollout):
 
 
 def train(args, log=print):
-    """The whole job: the summary (also in summary.json), or None if a Ctrl-C stopped it after a
-    checkpoint."""
+    """The whole job: the summary (also in summary.json), or None if a Ctrl-C stopped it
+    after a checkpoint."""
     device = setup_device(args)  # this process's device; under torchrun, its rank's
     tok = get_tokenizer()
     run = rundir.RunDir(args, device, log)  # refuses a used directory; finds the checkpoint
@@ -913,8 +913,8 @@ def train(args, log=print):
 
 
 def parse_args(argv=None):
-    """The command line (flags.py) with this file's presets: args.loss is the preset with the given
-    switches on top."""
+    """The command line (flags.py) with this file's presets: args.loss is the preset with
+    the given switches on top."""
     return flags.parse_args(PRESETS, argv)
 
 

@@ -1,6 +1,6 @@
 """
-rundir.py: what a run keeps on disk, and how nothing of it is lost. nanorgra.py calls it; none of it
-is the algorithm.
+rundir.py: what a run keeps on disk, and how nothing of it is lost. nanorgra.py calls it;
+none of it is the algorithm.
 
 A run directory (runs/<preset>-seed<seed>/ by default) holds:
     config.json     the run's settings; --resume refuses other settings
@@ -11,9 +11,9 @@ A run directory (runs/<preset>-seed<seed>/ by default) holds:
 
 Rules: a used directory is refused unless --resume (go on from ckpt.pt; the rows after it are
 dropped and redone) or --overwrite (start again); every file is written whole or not at all (a
-temporary file, then a rename); a damaged checkpoint or cache is named in a one-line error that says
-what to do; the first Ctrl-C finishes the step, saves and stops. Under torchrun only rank 0 writes;
-every rank reads.
+temporary file, then a rename); a damaged checkpoint or cache is named in a one-line error that
+says what to do; the first Ctrl-C finishes the step, saves and stops. Under torchrun only rank 0
+writes; every rank reads.
 
 Also here: the caches of the warm-start stages and of the base's evaluation, and what a user sees
 (the progress bar, the summary table, the plot).
@@ -71,8 +71,8 @@ def save_figure(fig, path):
 
 
 def load_checkpoint(path, device, what_to_do):
-    """torch.load, or for a damaged file (truncated, or not a checkpoint) a one-line exit naming
-    it."""
+    """torch.load, or for a damaged file (truncated, or not a checkpoint) a one-line exit
+    naming it."""
     try:
         return torch.load(path, map_location=device)
     except Exception as e:  # torch raises one of several types on a damaged file
@@ -102,8 +102,8 @@ def truncate_jsonl(path, last_step):
 
 
 # -----------------------------------------------------------------------------
-# Caches: computed once, then read. Under torchrun rank 0 decides whether the cache is there, for
-# every rank.
+# Caches: computed once, then read. Under torchrun rank 0 decides whether the cache is there,
+# for every rank.
 
 
 def cached_json(path, make):
@@ -141,8 +141,8 @@ def torch_threads(n):
 
 def cached_model(model, path, train, what, log):
     """Load model's weights from path, or call train() and save the weights there. Under torchrun
-    rank 0 trains and saves while the other ranks wait, then they load what it saved. what: "skills
-    (2500 steps)"."""
+    rank 0 trains and saves while the other ranks wait, then they load what it saved.
+    what: "skills (2500 steps)"."""
     cached = agree(path.exists())
     if not cached and rank() == 0:
         t0 = time.time()
@@ -164,8 +164,8 @@ RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "ckpt.pt", "summary.j
 
 
 def run_settings(args):
-    """The run's settings as config.json holds them: JSON values, without --resume and
-    --overwrite."""
+    """The run's settings as config.json holds them: JSON values, without --resume
+    and --overwrite."""
     settings = {k: asdict(v) if is_dataclass(v) else v for k, v in vars(args).items()
                 if k not in ("resume", "overwrite")}
     return json.loads(json.dumps(settings))
@@ -185,14 +185,14 @@ class StopFlag:
               "(Ctrl-C again to abort)")
 
     def requested(self):
-        """Whether a stop was asked for on any rank: the same answer everywhere, so all ranks stop
-        together."""
+        """Whether a stop was asked for on any rank: the same answer everywhere, so all ranks
+        stop together."""
         return sum_over_ranks(dict(asked=self.asked), op="max")["asked"] > 0
 
 
 class RunDir:
-    """The files of one run. Made before the warm start, so that a run that would be refused stops
-    at once."""
+    """The files of one run. Made before the warm start, so that a run that would be refused
+    stops at once."""
 
     def __init__(self, args, device, log=print):
         self.args, self.dir, self.device = args, Path(args.out_dir), device
@@ -270,8 +270,8 @@ class RunDir:
 
     @contextlib.contextmanager
     def stop_on_ctrl_c(self):
-        """Yields a StopFlag that the first Ctrl-C sets; the previous Ctrl-C handler is restored
-        after."""
+        """Yields a StopFlag that the first Ctrl-C sets; the previous Ctrl-C handler is
+        restored after."""
         flag = StopFlag()
         previous = signal.signal(signal.SIGINT, flag.on_ctrl_c)
         try:
@@ -307,8 +307,8 @@ class RunDir:
 
 
 def mean_of_last(rows, key, n=5):
-    """The mean of key over the last n rows (smoothed for the summary), None where it is not
-    logged."""
+    """The mean of key over the last n rows (smoothed for the summary), None where it is
+    not logged."""
     if rows[-1][key] is None:
         return None
     return float(np.mean([row[key] for row in rows[-n:]]))
@@ -319,8 +319,8 @@ def mean_of_last(rows, key, n=5):
 
 
 def progress(iterable, desc, **kwargs):
-    """A tqdm progress bar on rank 0 (off where the output is not a terminal, and on other
-    ranks)."""
+    """A tqdm progress bar on rank 0 (off where the output is not a terminal, and on
+    other ranks)."""
     return tqdm(iterable, desc=desc, disable=None if rank() == 0 else True, **kwargs)
 
 
@@ -333,8 +333,8 @@ def print_summary(summary, run_dir, seconds):
 
 
 def summary_table(base, final):
-    """One row per number evaluated at the start and at the end: accuracy, length, the atoms,
-    pass@k."""
+    """One row per number evaluated at the start and at the end: accuracy, length, the
+    atoms, pass@k."""
     rows = [(f"{level} greedy accuracy", base[level]["acc"], final[level]["acc"])
             for level in (RL_LEVEL, OOD_LEVEL)]
     rows.append((f"{RL_LEVEL} length (tokens)", base[RL_LEVEL]["len"], final[RL_LEVEL]["len"]))
@@ -360,8 +360,8 @@ def time_line(times, run_dir, seconds):
 
 
 def plot_run(run_dir, rows, evals):
-    """run.png: batch reward, held-out greedy accuracy, response length and the styles of the
-    samples, per step."""
+    """run.png: batch reward, held-out greedy accuracy, response length and the styles of
+    the samples, per step."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     x = [r["step"] + 1 for r in rows]

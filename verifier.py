@@ -9,15 +9,15 @@ Three questions are asked of a completion:
 
   * Are the steps sound? (check_steps) Every line before the answer line is a step
     "<numbers joined by + - *>=<number>", of one operation ("9*6=54") or several ("4+9*6=58").
-    Replayed in order on the asked expression, a step replaces a part of what is left by the number
-    it writes, and that part must be one that may be computed at once (may_compute_at_once, the one
-    rule):
+    Replayed in order on the asked expression, a step replaces a part of what is left by the
+    number it writes, and that part must be one that may be computed at once
+    (may_compute_at_once, the one rule):
 
         one operation   precedence allows it next: * always; + or - when the operator on its left
                         is absent or + and the one on its right is absent or not *
-        several         a group of the expression as precedence groups it (products first, then +
-                        and - from the left): a run of factors of one product, or the terms from
-                        the start up to the end of a term
+        several         a group of the expression as precedence groups it (products first,
+                        then + and - from the left): a run of factors of one product, or the
+                        terms from the start up to the end of a term
 
     In 4+9*6-3 = ((4+(9*6))-3) a first line may be 9*6=54, 4+9*6=58 or 4+9*6-3=55, but not
     9*6-3=51. The steps are sound when each is true, its left side valued with precedence
@@ -26,8 +26,8 @@ Three questions are asked of a completion:
   * How was a right answer reached? (reasoning_kind) "sound": by sound steps; "no reasoning":
     nothing is written before the answer line (a bare "A:55"); "wrong reasoning": anything else, be
     it a false step, an order precedence does not allow, or lines that do not compute the asked
-    expression. Wrong reasoning is a false positive (is_false_positive), the quantity the "Smaller,
-    Weaker, Yet Better" paper needed human graders for; here it is exact, and
+    expression. Wrong reasoning is a false positive (is_false_positive), the quantity the
+    "Smaller, Weaker, Yet Better" paper needed human graders for; here it is exact, and
 
         FPR = wrong reasoning / (sound + wrong reasoning)     (false_positive_rate)
 
@@ -43,8 +43,9 @@ from data.tasks import Problem, canonical_position, is_legal_reduction, parse_ex
 # Final answer
 
 ANSWER_MARKER = "A:"
-FORMAT_REWARD = 0.0  # outcome_reward's default bonus for a well-formed answer line: off. A run's
-# bonus is its --format-reward (nanorgra.score_batch); the RGRA paper used 0.1
+# outcome_reward's default bonus for a well-formed answer line: off. A run's bonus is its
+# --format-reward (nanorgra.score_batch); the RGRA paper used 0.1
+FORMAT_REWARD = 0.0
 
 # [0-9] rather than \d: \d also matches digits of other scripts ("٣"), which are no answers here.
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -52,8 +53,8 @@ _ANSWER_LINE_END = re.compile(r"-?[0-9]+(?:\n|\Z)")
 
 
 def canonical_integer(digits):
-    """ "-007" -> "-7", "-0" -> "0": one spelling per integer, computed on the string so that any
-    length is cheap."""
+    """ "-007" -> "-7", "-0" -> "0": one spelling per integer, computed on the string so that
+    any length is cheap."""
     negative = digits.startswith("-")
     magnitude = digits.lstrip("-").lstrip("0") or "0"
     return "-" + magnitude if negative and magnitude != "0" else magnitude
@@ -72,8 +73,8 @@ def extract_answer(text):
 
 
 def has_answer_line(text):
-    """Whether the first "A:" starts a line and is followed by an integer that ends the line (or the
-    text)."""
+    """Whether the first "A:" starts a line and is followed by an integer that ends the line
+    (or the text)."""
     if not isinstance(text, str):
         return False
     start = text.find(ANSWER_MARKER)
@@ -130,8 +131,8 @@ class Step:
 
 def parse_step(line):
     """The Step that line writes, or None when it is no step "<numbers joined by + - *>=<number>"
-    or is too long: more than MAX_STEP_OPS operations or a number of more than MAX_STEP_DIGITS
-    digits."""
+    or is too long: more than MAX_STEP_OPS operations or a number of more than
+    MAX_STEP_DIGITS digits."""
     if len(line) > _MAX_STEP_CHARS:
         return None
     match = _STEP.fullmatch(line)
@@ -171,16 +172,16 @@ def may_compute_at_once(ops, i, j):
     operators are ops[i..j-1]) by their value. check_steps, solution_style and reasoning_kind all
     replay steps through this function and no other.
 
-      one operation (j = i+1)   precedence allows it next (data.tasks.is_legal_reduction): * always;
-                                + or - when the operator on its left is absent or + and the one on
-                                its right is absent or not *.
+      one operation (j = i+1)   precedence allows it next (data.tasks.is_legal_reduction):
+                                * always; + or - when the operator on its left is absent or +
+                                and the one on its right is absent or not *.
       several (j > i+1)         the span is a group of the expression's precedence parse, which
                                 groups products first and then + and - from the left:
                                     4+9*6-3 = ((4 + (9*6)) - 3)
                                 Its groups of several numbers are a run of factors inside one
                                 product (* is associative, so any run: 2*3, 3*4 and 2*3*4 in
-                                1+2*3*4) and the terms from the start up to the end of a term (4+9*6
-                                and 4+9*6-3 above).
+                                1+2*3*4) and the terms from the start up to the end of a term
+                                (4+9*6 and 4+9*6-3 above).
 
     In 4+9*6-3: 9*6 yes; 4+9 no (the 9 is a factor of 9*6); 4+9*6 yes; 4+9*6-3 yes; 9*6-3 no, it is
     no group, although 4+(9*6-3) comes to 55 as well. The rule is structural: whether a span may be
@@ -235,8 +236,8 @@ def final_numbers(states):
 # ----------------------------------------------------------------------------
 # Step checker
 
-# What a completion gets wrong first (first_error); "right" is there so that counts over all outputs
-# add up.
+# What a completion gets wrong first (first_error); "right" is there so that counts over all
+# outputs add up.
 ERROR_KINDS = ("right", "no answer", "not a step", "wrong operands", "false step", "stops early",
                "wrong answer line")
 
@@ -319,8 +320,8 @@ def solution_style(text, expr):
                        does several operations ("4+9*6=58")
       "careful"        the same, one operation per line
       "left-to-right"  one operation per line, always the leftmost operator, down to one number
-      "other"          anything else: no answer, a line that is no step, operands from nowhere, an
-                       order precedence does not allow, stopping early
+      "other"          anything else: no answer, a line that is no step, operands from nowhere,
+                       an order precedence does not allow, stopping early
     Where precedence does not change the order, careful and left-to-right texts are the same text:
     careful. Values are taken as written, so a careful solution with a false step is still careful.
     The lines are replayed as check_steps replays them, so a text is "careful" or "shortcut" exactly
@@ -383,8 +384,8 @@ def is_false_positive(text, problem):
 
 
 def reasoning_counts(texts, problems):
-    """{kind: how many samples are of that kind} for every one of REASONING_KINDS; texts[k] is a
-    sample for problems[k]."""
+    """{kind: how many samples are of that kind} for every one of REASONING_KINDS;
+    texts[k] is a sample for problems[k]."""
     texts, problems = list(texts), list(problems)
     if len(texts) != len(problems):
         raise ValueError(f"expected one problem per text, got {len(texts)} texts and "
@@ -422,9 +423,9 @@ def first_error(text, problem):
     """"right" when the final answer is right (sound steps or not); "no answer" when there is
     none; else the kind of the first thing check_steps finds wrong, reading the lines in order:
       "not a step"         a line that is no step
-      "wrong operands"     a step whose left side is no part of what is left of the expression that
-                           may_compute_at_once allows now: it lost track of the expression, or of
-                           precedence
+      "wrong operands"     a step whose left side is no part of what is left of the expression
+                           that may_compute_at_once allows now: it lost track of the
+                           expression, or of precedence
       "false step"         a step whose value is false: it knows where it is, not the fact
       "stops early"        steps that end before one number is left (a bare "A:7" included)
       "wrong answer line"  sound steps, and an answer line that does not copy their result"""
@@ -437,8 +438,8 @@ def first_error(text, problem):
 
 def score(text, problem, format_reward=FORMAT_REWARD):
     """What the verifier says about one completion, in one dict, for the tests and the notebook.
-    Training and evaluation (nanorgra.py) do not call it: they use outcome_reward and
-    solution_style."""
+    Training and evaluation (nanorgra.py) do not call it: they use
+    outcome_reward and solution_style."""
     check = check_steps(text, problem.expr)
     kind = reasoning_kind(text, problem)
     return {

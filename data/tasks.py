@@ -127,9 +127,9 @@ def validate_level(level):
 # mix3 (answers only), and ood4 (longer expressions) is never trained on. Atoms have no test set of
 # their own: a one-digit fact space is too small to hold some of it out; atom_check_steps is the
 # set the atoms are measured on. No two * in a row and no step below zero: every step of a careful
-# solution is a fact the warm start can master (STEP_KINDS). In every mix3 problem a * follows a +
-# or a -, so that precedence decides the order: the one thing the careful habit gets right and the
-# others do not.
+# solution is a fact the warm start can master (STEP_KINDS). In every mix3 problem a * follows
+# a + or a -, so that precedence decides the order: the one thing the careful habit gets right
+# and the others do not.
 LEVELS = {
     "atoms": Level("atoms", n_ops=(1, 1), n_digits=1, operators="+-*", steps_of="mix3"),
     "mix2": Level("mix2", n_ops=(2, 3), n_digits=1, operators="+-*", mul_chains=False,
@@ -184,9 +184,9 @@ def apply_op(x, op, y):
 
 
 def is_legal_reduction(ops, i):
-    """Whether precedence allows computing ops[i] before the others: * always; + or - only when the
-    operator on its left is absent or + (a-(b+c) != a-b+c) and the one on its right is absent or
-    not * (a+b*c)."""
+    """Whether precedence allows computing ops[i] before the others: * always; + or - only when
+    the operator on its left is absent or + (a-(b+c) != a-b+c) and the one on its right is
+    absent or not * (a+b*c)."""
     if ops[i] == "*":
         return True
     left_ok = i == 0 or ops[i - 1] == "+"
@@ -211,8 +211,8 @@ def leftmost_position(ops):
 
 
 def solution_steps(expr, position=canonical_position):
-    """The reductions of expr as (x, op, y, z) tuples, in the order position(ops) picks them, and
-    the number left."""
+    """The reductions of expr as (x, op, y, z) tuples, in the order position(ops) picks them,
+    and the number left."""
     numbers, ops = parse_expression(expr)
     steps = []
     while ops:
@@ -262,14 +262,14 @@ def _written(steps, answer):
 
 
 def worked_solution(expr):
-    """The careful style: one line "x<op>y=z" per reduction in the canonical order, then
-    "A:<answer>"."""
+    """The careful style: one line "x<op>y=z" per reduction in the canonical order,
+    then "A:<answer>"."""
     return _written(*solution_steps(expr))
 
 
 def left_to_right_solution(expr):
-    """The precedence misconception: one line per reduction, always the leftmost operator, then its
-    answer."""
+    """The precedence misconception: one line per reduction, always the leftmost operator,
+    then its answer."""
     return _written(*solution_steps(expr, leftmost_position))
 
 
@@ -445,8 +445,8 @@ def operand_digits(level, ops, i):
 
 
 def rules_allow(level, ops):
-    """The level's rules on its operators: no chained products where mul_chains is False, and a *
-    right after a + or - where needs_precedence is True."""
+    """The level's rules on its operators: no chained products where mul_chains is False, and
+    a * right after a + or - where needs_precedence is True."""
     pattern = "".join(ops)
     chains_ok = level.mul_chains or "**" not in pattern
     precedence_ok = not level.needs_precedence or "+*" in pattern or "-*" in pattern
@@ -553,8 +553,8 @@ def load_test_set(level):
 
 
 def test_exprs(levels=None):
-    """The union of the test expressions of levels (default: all levels), to keep out of every
-    training draw."""
+    """The union of the test expressions of levels (default: all levels), to keep out of
+    every training draw."""
     return _test_exprs(tuple(TESTED_LEVELS if levels is None else levels))
 
 
@@ -605,8 +605,8 @@ def apportion(n, weights):
 
 
 # A corpus is what one warm-start stage trains on: level -> (weight, styles), the styles a dict
-# style -> weight. Levels and, within a level, styles come in exact proportions (apportion) in
-# every batch.
+# style -> weight. Levels and, within a level, styles come in exact proportions (apportion)
+# in every batch.
 CAREFUL = {"careful": 1}
 MESSY = {"careful": 1, "left-to-right": 3, "shortcut": 2, "bare": 2}
 

@@ -1,7 +1,7 @@
 """
-experiments/study.py: the compute-matched sampling study of "Smaller, Weaker, Yet Better" (Bansal et
-al., arXiv 2408.16737) at this scale. At a fixed sampling budget, is training data better sampled
-from a strong-expensive model (SE) or from a weak-cheap one (WC)?
+experiments/study.py: the compute-matched sampling study of "Smaller, Weaker, Yet Better"
+(Bansal et al., arXiv 2408.16737) at this scale. At a fixed sampling budget, is training data
+better sampled from a strong-expensive model (SE) or from a weak-cheap one (WC)?
 
     python experiments/study.py --quick     # 500 problems, 60-step fine-tunes, 200 test problems
     python experiments/study.py             # 2,000 problems, 200-step fine-tunes, 3 seeds each
@@ -9,8 +9,8 @@ from a strong-expensive model (SE) or from a weak-cheap one (WC)?
   sampling FLOPs   C = 2 P x (generated tokens)          P = parameters: a multiply and an add each
   equal budgets    2 P_SE S_SE n L = 2 P_WC S_WC n L  =>  S_WC = (P_SE / P_WC) x S_SE
 for n problems, S samples per problem, L tokens per sample. The plan assumes one L for both models;
-the tokens really generated differ, so the FLOPs actually spent are reported too, and the plot draws
-coverage against them.
+the tokens really generated differ, so the FLOPs actually spent are reported too, and the plot
+draws coverage against them.
 
 The models, warm-started by nanorgra.warm_start: SE is the size of nanorgra's flags; WC is
 --wc-n-layer / --wc-n-head / --wc-n-embd; the student is WC-sized with --student-base-seed, a model
@@ -34,8 +34,8 @@ The step checker sorts every answer-correct sample (verifier.reasoning_kind): so
 (a false step, or an order precedence does not allow: the paper's false positive), or no reasoning
 shown (a bare answer). FPR = wrong / (sound + wrong); the share of bare answers stands beside it.
 
-A study directory holds one set of settings: the same command resumes it (samples and fine-tunes are
-cached).
+A study directory holds one set of settings: the same command resumes it (samples and fine-tunes
+are cached).
 """
 
 import argparse
@@ -112,8 +112,8 @@ def diversity_at_k(problems, samples, k):
 
 
 def keep_answer_correct(problems, samples):
-    """The paper's data: (problem, text) for every answer-correct sample, duplicates and false
-    positives kept."""
+    """The paper's data: (problem, text) for every answer-correct sample, duplicates and
+    false positives kept."""
     return [(p, t) for p, s in zip(problems, samples) for t in s if is_correct(t, p)]
 
 
@@ -130,8 +130,8 @@ def kept_data(problems, samples, data_filter):
 
 
 def reasoning_of_kept(problems, samples):
-    """verifier.reasoning_counts over the answer-correct samples: sound, wrong reasoning, no
-    reasoning."""
+    """verifier.reasoning_counts over the answer-correct samples: sound, wrong reasoning,
+    no reasoning."""
     kept = keep_answer_correct(problems, samples)
     return reasoning_counts([t for _, t in kept], [p for p, _ in kept])
 
@@ -168,8 +168,8 @@ def warm_start_exprs(args):
 
 
 def study_problems(args, study):
-    """study.problems distinct RL-level problems that no model of the study trained on and no test
-    set holds."""
+    """study.problems distinct RL-level problems that no model of the study trained on and
+    no test set holds."""
     exclude = set(test_exprs()) | warm_start_exprs(args)
     rng = np.random.default_rng([study.sample_seed, STREAMS["problems"]])
     return sample_problems(RL_LEVEL, study.problems, rng, exclude=exclude, distinct=True)
@@ -187,8 +187,8 @@ def model_args(args, study, world="habits"):
 
 
 def sample_solutions(model, tok, problems, n_samples, max_new_tokens, seed):
-    """n_samples completions per problem at temperature 1: texts and generated tokens (EOS counted)
-    per problem."""
+    """n_samples completions per problem at temperature 1: texts and generated tokens
+    (EOS counted) per problem."""
     prompts = [prompt_text(p) for p in problems]
     how = nanorgra.Sampling(n_samples, 1.0, max_new_tokens)
     texts, lengths = nanorgra.sample_texts(model, tok, prompts, how, seed=seed)
@@ -213,8 +213,8 @@ def finetune_order(n_examples, steps, batch, seed):
 
 def finetune(base, tok, kept, study, seed):
     """A copy of base after --ft-steps supervised steps (nanorgra.supervised_step) of --ft-batch
-    examples of kept at the constant rate --ft-lr. With nothing kept the copy is returned
-    untrained."""
+    examples of kept at the constant rate --ft-lr. With nothing kept the copy is
+    returned untrained."""
     model = GPT(base.config).to(base.device)
     model.load_state_dict(base.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=study.ft_lr, weight_decay=0.0, betas=(0.9, 0.95))
@@ -237,8 +237,8 @@ def fmt(mean_and_half):
 
 
 def verdict(rows, world, data_filter, setup):
-    """The paper's claim for one setup (WC data at equal compute beats SE data): reproduced, not
-    reproduced (SE separably better), or not separable (the 95% intervals overlap)."""
+    """The paper's claim for one setup (WC data at equal compute beats SE data): reproduced,
+    not reproduced (SE separably better), or not separable (the 95% intervals overlap)."""
     condition = (world, data_filter, setup)
     pick = {r["source"]: r["acc"] for r in rows
             if (r["world"], r["filter"], r["setup"]) == condition}
@@ -341,8 +341,8 @@ def build_parser():
 
 
 def parse(argv):
-    """The study's own flags, and nanorgra's (the SE model and the warm-start recipe), both checked
-    before any work."""
+    """The study's own flags, and nanorgra's (the SE model and the warm-start recipe), both
+    checked before any work."""
     p = build_parser()
     study, rest = p.parse_known_args(argv)
     if study.quick:  # the quick settings first, so that flags given still win

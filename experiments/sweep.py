@@ -9,9 +9,9 @@ curves and the plots.
 
 Each run is `python nanorgra.py <flags> <the variant's flags> --seed s --out-dir <sweep dir>/<run>`,
 so any flag of nanorgra.py given here applies to every run. A finished run is skipped (after
-checking that its settings are these), an interrupted one is resumed: run the same command again to
-continue. --jobs runs that many runs at once, each in its own process: on one CPU thread each (small
-models use a core each better than two cores one), or on CUDA one GPU each (round robin).
+checking that its settings are these), an interrupted one is resumed: run the same command again
+to continue. --jobs runs that many runs at once, each in its own process: on one CPU thread each
+(small models use a core each better than two cores one), or on CUDA one GPU each (round robin).
 
 Beyond one machine, the same sweep as separate commands (GNU parallel, a Slurm array, a scheduler):
 
@@ -19,10 +19,10 @@ Beyond one machine, the same sweep as separate commands (GNU parallel, a Slurm a
     parallel --jobs 8 < sweep.txt                                       # for example; then
     python experiments/sweep.py --quick --collect                       # tables and plots
 
-The first printed command trains the warm start (once: the runs load it from --base-dir); each other
-line is `sweep.py ... --run <run>`: one run, skipped if finished and resumed if interrupted. The
-machines must share --base-dir and --sweep-dir. Writes results.md, results.json (with the command
-and its seconds), curves.json and the plots to --sweep-dir.
+The first printed command trains the warm start (once: the runs load it from --base-dir);
+each other line is `sweep.py ... --run <run>`: one run, skipped if finished and resumed if
+interrupted. The machines must share --base-dir and --sweep-dir. Writes results.md, results.json
+(with the command and its seconds), curves.json and the plots to --sweep-dir.
 """
 
 import argparse
@@ -48,8 +48,8 @@ from distributed import setup_device
 from rundir import read_jsonl, run_settings, save_figure, write_atomic
 from verifier import STYLE_NAMES
 
-VARIANTS = {  # name -> the flags that make it from the default run (RGRA); the first 13 change
-    # one thing each
+# name -> the flags that make it from the default run (RGRA); the first 13 change one thing each
+VARIANTS = {
     "rgra": ["--preset", "rgra"],
     "grpo": ["--preset", "grpo"],  # ratio and clipping; at mu = 1 the same gradient as rgra
     "grpo_pos": ["--preset", "grpo_pos"],  # positive advantages only (the paper's GRPO-pos)
@@ -78,8 +78,9 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 
 def mean_ci95(values):
-    """Mean and half-width of its 95% confidence interval over seeds: t_{0.975, n-1} * sample std /
-    sqrt(n), from a table of Student's t (1.96 beyond 30 seeds). One value has no interval (nan)."""
+    """Mean and half-width of its 95% confidence interval over seeds,
+    t_{0.975, n-1} * sample std / sqrt(n), from a table of Student's t (1.96 beyond 30 seeds).
+    One value has no interval (nan)."""
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return (float(x.mean()) if len(x) else math.nan), math.nan
@@ -116,14 +117,14 @@ class Run:
 
 
 def run_argv(run_flags, variant, seed, sweep_dir):
-    """The nanorgra.py command line of one run: the sweep's flags, the variant's, its seed and
-    directory."""
+    """The nanorgra.py command line of one run: the sweep's flags, the variant's, its seed
+    and directory."""
     return Run(variant, seed, run_flags, sweep_dir).argv
 
 
 def run_one(argv):
-    """One run, in a worker process or in this one: resumed if it has a checkpoint, skipped if it is
-    finished."""
+    """One run, in a worker process or in this one: resumed if it has a checkpoint, skipped if
+    it is finished."""
     run_dir = Path(argv[argv.index("--out-dir") + 1])
     resume = ["--resume"] if (run_dir / "ckpt.pt").exists() else []
     args = nanorgra.parse_args(argv + resume)
@@ -137,8 +138,8 @@ def run_one(argv):
 
 
 def claim_a_gpu(gpus):
-    """Pool initializer: this worker sees only the next GPU of the queue (before CUDA starts in
-    it)."""
+    """Pool initializer: this worker sees only the next GPU of the queue (before CUDA starts
+    in it)."""
     import os
 
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
@@ -185,8 +186,8 @@ def mean_of_last_steps(metrics, key, n=5):
 
 
 def variant_row(variant, runs):
-    """One row: means and 95% intervals over the seeds of a variant (runs: one dict of files a
-    seed)."""
+    """One row: means and 95% intervals over the seeds of a variant (runs: one dict of
+    files a seed)."""
     final = [r["summary"]["final"] for r in runs]
     base = runs[0]["summary"]["base"]
     rl = [f[RL_LEVEL] for f in final]
@@ -372,8 +373,8 @@ def build_parser():
 
 
 def parse(argv):
-    """The sweep's own flags, the flags every run gets, and the runs, all checked before any
-    work."""
+    """The sweep's own flags, the flags every run gets, and the runs, all checked before
+    any work."""
     p = build_parser()
     args, run_flags = p.parse_known_args(argv)
     run_flags = (QUICK if args.quick else []) + run_flags

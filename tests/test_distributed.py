@@ -86,10 +86,10 @@ def weights(run_dir):
 ], ids=["rgra", "grpo-reuse-minibatches", "reinforce_pp-new-switches"])
 def test_two_processes_make_the_single_process_update_on_the_same_global_batch(tmp_path, base_dir,
                                                                                 switches):
-    """--prompts 4 over 2 ranks: each samples 2 prompts x 4 completions. With minibatches and micro-
-    batches the ranks hold different shares of each minibatch (some none); the sum is still the
-    whole minibatch's gradient. REINFORCE++ normalises over the whole step: every rank holds every
-    reward (rl_step gathers them), so its batch mean and std are the single process's."""
+    """--prompts 4 over 2 ranks: each samples 2 prompts x 4 completions. With minibatches and
+    micro-batches the ranks hold different shares of each minibatch (some none); the sum is still
+    the whole minibatch's gradient. REINFORCE++ normalises over the whole step: every rank holds
+    every reward (rl_step gathers them), so its batch mean and std are the single process's."""
     common = [*switches, "--base-dir", str(base_dir)]
     code, out = one_process(*common, "--out-dir", str(tmp_path / "one"))
     assert code == 0, out

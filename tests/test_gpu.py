@@ -46,8 +46,8 @@ def base_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(base_dir):
-    """A small model warm-started on the CPU: confident enough that near-ties are rare, and the
-    same every time."""
+    """A small model warm-started on the CPU: confident enough that near-ties are rare,
+    and the same every time."""
     args = nanorgra.parse_args(TINY + ["--base-dir", str(base_dir), "--device", "cpu"])
     return nanorgra.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)[0]
 

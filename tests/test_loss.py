@@ -19,8 +19,8 @@ from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, completion_logprobs, generate
 
 AGGS = ["seq-mean-token-mean", "token-mean", "seq-sum-norm"]
-# Made-up verifier rewards for 4 prompts x 4 samples: mixed groups, one all-wrong and one
-# all-right group.
+# Made-up verifier rewards for 4 prompts x 4 samples: mixed groups, one all-wrong and
+# one all-right group.
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0],
                         [0.0, 0.0, 0.0, 0.0],
                         [1.0, 1.0, 1.0, 1.0],
@@ -41,8 +41,8 @@ def tiny(tok):
 
 @pytest.fixture(scope="module")
 def rollout(tiny, tok):
-    """G samples for each of B arithmetic prompts from the tiny model, as nanorgra's sampler
-    draws them."""
+    """G samples for each of B arithmetic prompts from the tiny model, as nanorgra's
+    sampler draws them."""
     rng = np.random.default_rng(0)
     prompts = [tok.encode(prompt_text(make_problem("mix3", rng))) for _ in range(B)]
     r = generate(tiny.eval(), prompts, 12, tok.eos_id, tok.pad_id, num_samples=G, temperature=1.0,
@@ -122,8 +122,8 @@ def test_zero_variance_group_gives_exactly_zero_advantages_never_nan(baseline, s
 @pytest.mark.parametrize("baseline,value,g", [("mean", 0.1, 8), ("mean", 0.3, 8), ("loo", 1.1, 3),
                                               ("none", 1.0, 4)])
 def test_zero_variance_group_is_not_rescaled_whatever_the_reward_value(baseline, value, g):
-    """With the paper's 0.1 format bonus, all-wrong-but-well-formed groups (0.1 each) must carry
-    no signal."""
+    """With the paper's 0.1 format bonus, all-wrong-but-well-formed groups (0.1 each)
+    must carry no signal."""
     rewards = torch.full((1, g), value)
     adv = nanorgra.group_advantages(rewards, baseline, std_norm=True)
     expected = rewards if baseline == "none" else torch.zeros_like(rewards)
@@ -298,8 +298,8 @@ def test_clipped_above_one_plus_eps_high_if_a_is_positive_below_one_minus_eps_lo
     # A < 0: the ratio may not shrink past 0.9
     assert clipped[1].tolist() == [rho < 1 - EPS_LOW for rho in RHOS]
     assert not clipped[2].any()  # A = 0: nothing to clip
-    # the cases that tell eps_low and eps_high apart: 0.8 is clipped for A < 0, 1.2 and 1.25
-    # are not for A > 0
+    # the cases that tell eps_low and eps_high apart: 0.8 is clipped for A < 0,
+    # 1.2 and 1.25 are not for A > 0
     assert clipped[1, RHOS.index(0.8)] and not clipped[0, RHOS.index(1.25)]
 
 
@@ -459,9 +459,9 @@ def test_grpo_and_rgra_differ_from_the_second_update_on_when_a_batch_is_reused(t
 
 
 def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradient(tiny, rollout):
-    """After one optimizer step on a batch, at the new weights: REINFORCE != ratio without clip !=
-    ratio with clip, and the ratio gradient is exactly the REINFORCE gradient with every token
-    weighted by rho."""
+    """After one optimizer step on a batch, at the new weights:
+    REINFORCE != ratio without clip != ratio with clip, and the ratio gradient is exactly the
+    REINFORCE gradient with every token weighted by rho."""
     grpo = make_cfg("--preset", "grpo", "--beta", "0", "--agg-constant", "12")
     adv, _ = nanorgra.advantages_for(REWARDS, grpo)
     policy, _, _ = run_learn(tiny, rollout, make_cfg("--preset", "rgra"), lr=1.0)
@@ -556,8 +556,8 @@ def test_sum_of_micro_batch_losses_with_global_denominators_is_the_full_batch_lo
              for s in torch.arange(B * G).split(5)]
     torch.testing.assert_close(sum(parts), full)
     if agg == "token-mean":
-        # the check can fail: averaging per-micro-batch token means (local counts) is a different,
-        # wrong number
+        # the check can fail: averaging per-micro-batch token means (local counts) is a
+        # different, wrong number
         local = [nanorgra.rl_loss(logp[s], rollout.rows(s), adv[s], ref_logp[s], cfg,
                                   (len(s), mask[s].sum().item()))[0] / 4
                  for s in torch.arange(B * G).split(4)]

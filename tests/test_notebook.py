@@ -56,8 +56,8 @@ def test_notebook_runs_top_to_bottom_without_errors(tmp_path, monkeypatch):
 
 
 def test_python3_kernel_is_found_without_our_kernelspec():
-    """The default lookup also finds a python3 kernel (the spec ipykernel installs), as Jupyter
-    users will run it."""
+    """The default lookup also finds a python3 kernel (the spec ipykernel installs), as
+    Jupyter users will run it."""
     assert KERNEL in KernelSpecManager().find_kernel_specs()
 
 

@@ -1,11 +1,10 @@
 """experiments/study.py, the compute-matched sampling study: FLOPs accounting, the data-quality
-metrics, the problem set that no model trained on, fine-tuning, and the whole command (its --quick
-form) on tiny models.
+metrics, the problem set that no model trained on, fine-tuning, and the whole command
+(its --quick form) on tiny models.
 
 The hand-made sample sets use one problem, 2*3+4-1 = 9, which has two sound worked solutions: the
-canonical one
-(2*3, then 6+4, then 10-1) and one that computes 4-1 before the addition, which precedence also
-allows."""
+canonical one (2*3, then 6+4, then 10-1) and one that computes 4-1 before the addition, which
+precedence also allows."""
 
 import json
 import math
@@ -23,12 +22,12 @@ from experiments import study
 from model import GPT, GPTConfig
 from verifier import false_positive_rate, no_reasoning_share
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--wc-n-layer", "1",
-        "--wc-n-head", "2", "--wc-n-embd", "16", "--skill-steps", "3", "--habit-steps", "2",
-        "--warm-batch", "8",
-        "--problems", "4", "--s-se", "2", "--ft-steps", "2", "--ft-batch", "4", "--eval-n", "4",
-        "--pass-n", "2", "--pass-k", "2", "--max-new-tokens",
-        "24", "--seeds", "2", "--device", "cpu"]
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32",
+        "--wc-n-layer", "1", "--wc-n-head", "2", "--wc-n-embd", "16",
+        "--skill-steps", "3", "--habit-steps", "2", "--warm-batch", "8",
+        "--problems", "4", "--s-se", "2", "--ft-steps", "2", "--ft-batch", "4",
+        "--eval-n", "4", "--pass-n", "2", "--pass-k", "2", "--max-new-tokens", "24",
+        "--seeds", "2", "--device", "cpu"]
 
 
 def problem(expr):
@@ -240,8 +239,8 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
 
 def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path,
                                                                                        monkeypatch):
-    # a stand-in verifier that passes some samples of an untrained model, so that fine-tunes have
-    # data
+    # a stand-in verifier that passes some samples of an untrained model, so that fine-tunes
+    # have data
     def stand_in(text, p, *a, **k):
         return float(zlib.crc32(text.encode()) % 3 == 0)
 

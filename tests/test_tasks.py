@@ -351,8 +351,8 @@ def test_a_level_of_steps_has_no_test_set_and_no_test_set_holds_a_single_step():
     assert tasks.ATOM_LEVEL not in tasks.TESTED_LEVELS
     with pytest.raises(ValueError, match="no test set"):
         tasks.load_test_set(tasks.ATOM_LEVEL)
-    # so every one-digit fact can be trained on as a single-step problem, and no training draw
-    # holds a test problem
+    # so every one-digit fact can be trained on as a single-step problem, and no
+    # training draw holds a test problem
     assert all(len(parse_expression(e)[1]) >= 2 for e in tasks.test_exprs())
 
 

@@ -1,5 +1,5 @@
-"""nanorgra.py as a user runs it: the command line, the run directory, the warm-start cache,
-resume, failures.
+"""nanorgra.py as a user runs it: the command line, the run directory,
+the warm-start cache, resume, failures.
 
 Every run is a tiny model on CPU (seconds). The machinery tests (resume, non-finite loss) swap the
 verifier for a stand-in reward that varies inside every group, so that every step really changes the
@@ -55,8 +55,8 @@ def parse(*flags):
 
 
 def run(out_dir, base_dir, *extra):
-    """train() exactly as main() would call it; returns the summary (None if stopped) and the
-    log lines."""
+    """train() exactly as main() would call it; returns the summary (None if stopped)
+    and the log lines."""
     lines = []
     args = nanorgra.parse_args(argv(out_dir, base_dir, *extra))
     return nanorgra.train(args, log=lines.append), lines
@@ -275,8 +275,8 @@ def test_warm_start_is_cached_per_stage_and_reused_by_runs_with_the_same_base_se
 
 def test_a_base_trained_with_another_thread_count_is_never_loaded_in_its_place(
         tmp_path, base_dir, monkeypatch):
-    """The thread count changes the order of float sums and so the base (pitfall 11): it is in
-    the key."""
+    """The thread count changes the order of float sums and so the base (pitfall 11):
+    it is in the key."""
     run(tmp_path / "a", base_dir, "--steps", "1")
     monkeypatch.setattr(nanorgra, "WARM_START_THREADS", nanorgra.WARM_START_THREADS + 1)
     _, lines = run(tmp_path / "b", base_dir, "--steps", "1")

@@ -209,8 +209,8 @@ def test_canonical_solution_is_sound_and_not_a_false_positive():
 def test_a_legal_non_canonical_order_is_accepted():
     # 12+12-5: the minus may go first because a+(b-c) == a+b-c.
     assert check_steps("3*4=12\n12-5=7\n12+7=19\nA:19", P.expr).computes_expr
-    # 1+1+1: which "1+1" the first step reduced only shows in the second step; both readings are
-    # legal.
+    # 1+1+1: which "1+1" the first step reduced only shows in the second step; both
+    # readings are legal.
     assert check_steps("1+1=2\n1+2=3\nA:3", "1+1+1").computes_expr
     assert check_steps("1+1=2\n2+1=3\nA:3", "1+1+1").computes_expr
 

@@ -4,9 +4,8 @@ run along the axis on which it is supposed to matter, with the same seeds for on
 fixes the first batch), and every cell reports the per-seed difference on - off with its 95%
 interval.
 
-    python experiments/regimes.py --quick --jobs 2        # the reduced map (see README for its
-    time)
-    python experiments/regimes.py --jobs 2                # the full map: hours; resumable
+    python experiments/regimes.py --quick --jobs 2        # the reduced map: 24 runs
+    python experiments/regimes.py --jobs 2                # the full map: 170 runs; resumable
     python experiments/regimes.py --print-commands        # the full map as one command a line
     python experiments/regimes.py --collect               # tables and figures of finished runs
 
@@ -15,11 +14,10 @@ The components and their axes (CELLS below):
                        against GRPO without clip (clipping), and against RGRA at the same reuse
                        (ratio and clip); CISPO and dual-clip against PPO's clip at the most reuse
   KL                   learning rate x beta: beta > 0 against beta = 0; read the gain, collapses,
-  and
-                       what the base knew (the atoms, ood4): forgetting
+                       and what the base knew (the atoms, ood4): forgetting
   negative feedback    positive-only against both signs, under the RGRA paper's conditions as far as
-                       they transfer: its format reward (0.1), larger learning rates, smaller
-                       groups, more steps; read reward, entropy and length over the steps
+                       they transfer (its format reward 0.1, groups of 4, a larger learning rate,
+                       120 steps); read reward, entropy and length over the steps
   std and aggregation  std normalisation off against on, token-mean and seq-sum-norm against
                        seq-mean-token-mean: which habit RL selects (careful or shortcut, which
                        differ in length), and the response length
@@ -55,10 +53,10 @@ from experiments.sweep import T_975, collapsed, mean_of_last_steps, read_run, ru
     warm_start_once
 from rundir import save_figure, write_atomic
 
-# Every run of the map evaluates greedy accuracy on all 500 test problems of each level, and pass@k
-# on fewer problems than the default job (pass@k is not read here): the final evaluation stays
-# cheap.
-MAP_FLAGS = ["--eval-every", "20", "--pass-n", "50", "--pass-k", "16"]
+# Every run of the map evaluates once, at its end (and at step 60 of a longer run): greedy accuracy
+# on all 500 test problems of each level, and pass@k on fewer problems than the default job (pass@k
+# is not read here), so that the evaluation stays a small part of a run.
+MAP_FLAGS = ["--eval-every", "60", "--pass-n", "50", "--pass-k", "16"]
 
 
 @dataclass(frozen=True)
@@ -80,17 +78,18 @@ def reuse_cells(seeds):
     batch into m optimizer steps, so that its last minibatch is sampled m - 1 updates before it is
     learned from (as stale as mu = m passes, at the cost of one). At each point: GRPO with clip
     against GRPO without clip (what clipping does), and GRPO against RGRA (what ratio and clip do
-    together); at the largest reuse also CISPO's and dual-clip's clipping against PPO's."""
+    together); at the largest reuse also CISPO's and dual-clip's clipping against PPO's. At m = 1
+    GRPO equals RGRA exactly (tests/test_loss.py), so the axis starts at 2."""
     cells = []
-    reuse = [(f"minibatches {m}", m, ("--minibatches", str(m))) for m in (2, 4, 8)]
-    for lr in ("1e-4", "1e-3"):
-        for _, x, flags in reuse:
-            grpo = ("--preset", "grpo", "--lr", lr) + flags
-            rgra = ("--preset", "rgra", "--lr", lr) + flags
+    for lr in (DEFAULT_LR, "1e-3"):
+        for m in (2, 8):
+            stress = with_lr(lr) + ("--minibatches", str(m))
+            grpo = ("--preset", "grpo") + stress
+            rgra = ("--preset", "rgra") + stress
             line = f"lr {lr}"
-            cells.append(Cell("ratio and clipping", "clip vs no clip", line, x, grpo,
+            cells.append(Cell("ratio and clipping", "clip vs no clip", line, m, grpo,
                               grpo + ("--no-clip",), seeds))
-            cells.append(Cell("ratio and clipping", "grpo vs rgra", line, x, grpo, rgra, seeds))
+            cells.append(Cell("ratio and clipping", "grpo vs rgra", line, m, grpo, rgra, seeds))
     stale = ("--lr", "1e-3", "--minibatches", "8")
     grpo = ("--preset", "grpo") + stale
     for pair, variant in (("cispo vs ppo clip", ("--preset", "cispo") + stale),
@@ -99,26 +98,41 @@ def reuse_cells(seeds):
     return cells
 
 
+# A flag at its default value is left out of a run's flags, so that the cells that need the same
+# run name it the same way (and it runs once): --lr 1e-4 and --beta 0.005 are the defaults.
+DEFAULT_LR = "1e-4"
+DEFAULT_BETA = "0.005"
+
+
+def with_lr(lr):
+    return () if lr == DEFAULT_LR else ("--lr", lr)
+
+
+def with_beta(beta):
+    return () if beta == DEFAULT_BETA else ("--beta", beta)
+
+
 def kl_cells(seeds):
-    """KL along the learning rate, at two weights."""
+    """KL along the learning rate (above the default, where the policy moves far enough from the
+    base for KL to have something to hold back), at the paper's weight and at ten times it."""
     cells = []
-    for lr in ("1e-4", "3e-4", "1e-3", "3e-3"):
-        no_kl = ("--preset", "rgra", "--lr", lr, "--beta", "0")
-        for beta in ("0.005", "0.05"):
-            with_kl = ("--preset", "rgra", "--lr", lr, "--beta", beta)
+    for lr in ("3e-4", "1e-3", "3e-3"):
+        no_kl = ("--preset", "rgra") + with_lr(lr) + ("--beta", "0")
+        for beta in (DEFAULT_BETA, "0.05"):
+            with_kl = ("--preset", "rgra") + with_lr(lr) + with_beta(beta)
             cells.append(Cell("KL", f"beta {beta} vs 0", f"beta {beta}", float(lr), with_kl, no_kl,
                               seeds))
     return cells
 
 
-# The negatives' conditions: the default, then the RGRA paper's, one at a time and together
+# The negatives' conditions: the default, a larger learning rate, then the RGRA paper's conditions
+# together (its format reward, groups of 4 from twice the prompts: the same 128 samples a step, a
+# larger learning rate, twice the steps)
 NEGATIVE_CONDITIONS = {
     "default": (),
-    "format reward 0.1": ("--format-reward", "0.1"),
-    "G = 4": ("--group", "4", "--prompts", "32"),  # the same 128 samples a step
     "lr 1e-3": ("--lr", "1e-3"),
-    "all three, 120 steps": ("--format-reward", "0.1", "--group", "4", "--prompts", "32",
-                             "--lr", "1e-3", "--steps", "120"),
+    "paper's conditions, 120 steps": ("--format-reward", "0.1", "--group", "4", "--prompts", "32",
+                                      "--lr", "1e-3", "--steps", "120"),
 }
 
 
@@ -135,10 +149,10 @@ def negative_cells(seeds):
 
 def aggregation_cells(seeds):
     """Std normalisation and aggregation at the default learning rate (x: 0) and a larger one (x:
-    1)."""
+    1): which habit RL selects, and the length."""
     cells = []
-    for x, lr in enumerate(("1e-4", "3e-4")):
-        rgra = ("--preset", "rgra", "--lr", lr)
+    for x, lr in enumerate((DEFAULT_LR, "3e-4")):
+        rgra = ("--preset", "rgra") + with_lr(lr)
         cells.append(Cell("std and aggregation", "no std vs std", "std", x,
                           rgra + ("--no-std-norm",), rgra, seeds))
         for agg in ("token-mean", "seq-sum-norm"):
@@ -151,11 +165,14 @@ def full_map(seeds=5):
     return reuse_cells(seeds) + kl_cells(seeds) + negative_cells(seeds) + aggregation_cells(seeds)
 
 
-# The quick form: one cell per component, the one where its effect was largest in the full map
+# The quick form: one cell per component, chosen where the effect was expected to be largest (the
+# most reuse at the larger learning rate, the largest step size and KL weight, the paper's
+# conditions, the default operating point); README "When each switch matters" compares this choice
+# with the full map's measured largest effects.
 QUICK_CELLS = {
     "ratio and clipping": ("clip vs no clip", "lr 1e-3", 8),
     "KL": ("beta 0.05 vs 0", "beta 0.05", 3e-3),
-    "negative feedback": ("both signs vs positive-only", "all three, 120 steps", 4),
+    "negative feedback": ("both signs vs positive-only", "paper's conditions, 120 steps", 2),
     "std and aggregation": ("token-mean vs seq-mean-token-mean", "token-mean", 0),
 }
 QUICK_SEEDS = 3

@@ -90,6 +90,17 @@ def test_a_run_two_cells_share_is_run_once(tmp_path):
     assert "preset-grpo_mu-4-seed1" in names
 
 
+def test_the_full_map_names_a_run_at_default_flags_once_for_every_cell_that_needs_it():
+    cells = regimes.full_map()
+    users = {}
+    for cell in cells:
+        for flags in (cell.on, cell.off):
+            users.setdefault(regimes.run_name(flags, 0), set()).add(cell.component)
+    assert users["preset-rgra-seed0"] == {"negative feedback", "std and aggregation"}
+    assert users["preset-rgra_lr-1e-3-seed0"] == {"KL", "negative feedback"}
+    assert users["preset-rgra_lr-3e-4-seed0"] == {"KL", "std and aggregation"}
+
+
 # -----------------------------------------------------------------------------
 # The command on a tiny map
 

@@ -98,7 +98,6 @@ def test_the_full_map_names_a_run_at_default_flags_once_for_every_cell_that_need
             users.setdefault(regimes.run_name(flags, 0), set()).add(cell.component)
     assert users["preset-rgra-seed0"] == {"negative feedback", "std and aggregation"}
     assert users["preset-rgra_lr-1e-3-seed0"] == {"KL", "negative feedback"}
-    assert users["preset-rgra_lr-3e-4-seed0"] == {"KL", "std and aggregation"}
 
 
 # -----------------------------------------------------------------------------

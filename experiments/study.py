@@ -284,8 +284,7 @@ def plot_study(curves, rows, path):
     is one vertical line). The other panels: fine-tuned greedy accuracy per setup, one bar per data
     set, error bars the 95% intervals over seeds, one panel per world and filter."""
     fig = Figure((15, 8.5), layout="tight")
-    axes = fig.subplots(2, 3).flat
-    left = next(axes)
+    left, *panels = fig.subplots(2, 3).flat
     for world, by_model in curves.items():
         for name, c in by_model.items():
             style = "-" if world == "habits" else "--"
@@ -295,7 +294,8 @@ def plot_study(curves, rows, path):
              ylabel=f"coverage@k on the study's {RL_LEVEL} problems")
     left.legend(fontsize=7)
     sources = ["se", *BUDGETS.values()]
-    for ax, (world, data_filter) in zip(axes, [(w, f) for w in WORLDS for f in FILTERS]):
+    conditions = [(w, f) for w in WORLDS for f in FILTERS]
+    for ax, (world, data_filter) in zip(panels, conditions):
         for j, source in enumerate(sources):
             picked = [next(r for r in rows if (r["world"], r["filter"], r["setup"], r["source"])
                            == (world, data_filter, s, source)) for s in SETUPS]
@@ -307,6 +307,8 @@ def plot_study(curves, rows, path):
         ax.set(title=f"{world} warm start, {data_filter} data",
                ylabel=f"fine-tuned {RL_LEVEL} greedy accuracy (95%)")
         ax.legend(fontsize=7)
+    for unused in panels[len(conditions):]:
+        unused.set_visible(False)
     save_figure(fig, path)
 
 

@@ -5,14 +5,14 @@ fixes the first batch), and every cell reports the per-seed difference on - off 
 interval.
 
     python experiments/regimes.py --quick --jobs 2        # the reduced map: 24 runs
-    python experiments/regimes.py --jobs 2                # the full map: 125 runs; resumable
+    python experiments/regimes.py --jobs 2                # the full map: 140 runs; resumable
     python experiments/regimes.py --print-commands        # the full map as one command a line
     python experiments/regimes.py --collect               # tables and figures of finished runs
 
 The components and their axes (CELLS below):
-  ratio and clipping   reuse of each sampled batch (minibatches) x learning rate: GRPO with clip
-                       against GRPO without clip (clipping), and against RGRA at the same reuse
-                       (ratio and clip); CISPO and dual-clip against PPO's clip at the most reuse
+  ratio and clipping   stale samples (each batch split into 8 minibatches) along the learning rate:
+                       GRPO with clip against GRPO without clip (clipping), and against RGRA at the
+                       same reuse (ratio and clip); CISPO and dual-clip against PPO's clip
   KL                   learning rate x beta: beta > 0 against beta = 0; read the gain, collapses,
                        and what the base knew (the atoms, ood4): forgetting
   negative feedback    positive-only against both signs, under the RGRA paper's conditions as far as
@@ -74,27 +74,27 @@ class Cell:
 
 
 def reuse_cells(seeds):
-    """Ratio and clipping along the reuse of each sampled batch: minibatches = m splits a step's
-    batch into m optimizer steps, so that its last minibatch is sampled m - 1 updates before it is
-    learned from (as stale as mu = m passes, at the cost of one). At each point: GRPO with clip
-    against GRPO without clip (what clipping does), and GRPO against RGRA (what ratio and clip do
-    together); at the largest reuse also CISPO's and dual-clip's clipping against PPO's. At m = 1
-    GRPO equals RGRA exactly (tests/test_loss.py), so the axis starts at 2; at the default learning
-    rate only the most reuse is run (at lr 1e-4 and mu = 4 the sweep clipped 0.8% of tokens)."""
+    """Ratio and clipping where the samples are stale: minibatches 8 splits a step's batch into 8
+    optimizer steps, so that its last minibatch is sampled 7 updates before it is learned from (as
+    stale as mu = 8 passes, at the cost of one), along the learning rate, which sets how far each
+    update moves the policy. At each point: GRPO with clip against GRPO without clip (what clipping
+    does), and GRPO against RGRA (what ratio and clip do together); at lr 3e-4, where the policy
+    moves far but does not collapse, also CISPO's and dual-clip's clipping against PPO's. Without
+    reuse GRPO equals RGRA exactly (tests/test_loss.py), so every point reuses."""
     cells = []
-    for lr, m in ((DEFAULT_LR, 8), ("1e-3", 2), ("1e-3", 8)):
-        stress = with_lr(lr) + ("--minibatches", str(m))
+    for lr in (DEFAULT_LR, "3e-4", "1e-3"):
+        stress = with_lr(lr) + ("--minibatches", "8")
         grpo = ("--preset", "grpo") + stress
         rgra = ("--preset", "rgra") + stress
-        line = f"lr {lr}"
-        cells.append(Cell("ratio and clipping", "clip vs no clip", line, m, grpo,
+        cells.append(Cell("ratio and clipping", "clip vs no clip", "minibatches 8", float(lr), grpo,
                           grpo + ("--no-clip",), seeds))
-        cells.append(Cell("ratio and clipping", "grpo vs rgra", line, m, grpo, rgra, seeds))
-    stale = ("--lr", "1e-3", "--minibatches", "8")
+        cells.append(Cell("ratio and clipping", "grpo vs rgra", "minibatches 8", float(lr), grpo,
+                          rgra, seeds))
+    stale = ("--lr", "3e-4", "--minibatches", "8")
     grpo = ("--preset", "grpo") + stale
     for pair, variant in (("cispo vs ppo clip", ("--preset", "cispo") + stale),
                           ("dual-clip vs ppo clip", grpo + ("--clip-c", "3"))):
-        cells.append(Cell("ratio and clipping", pair, "lr 1e-3", 8, variant, grpo, seeds))
+        cells.append(Cell("ratio and clipping", pair, "minibatches 8", 3e-4, variant, grpo, seeds))
     return cells
 
 
@@ -113,27 +113,32 @@ def with_beta(beta):
 
 
 def kl_cells(seeds):
-    """KL along the learning rate (ten and thirty times the default, where the policy moves far
-    enough from the base for KL to have something to hold back: at the default the sweep's
-    rgra_nokl equals rgra), at the paper's weight and at ten times it."""
+    """KL along the learning rate, from where the policy moves far from the base (3e-4) to where
+    RGRA collapses without reuse (1e-3 and 3e-3: at the default the sweep's rgra_nokl equals rgra),
+    at the paper's weight and at ten times it (at 3e-3 only ten times)."""
     cells = []
-    for lr in ("1e-3", "3e-3"):
+    for lr, betas in (("3e-4", (DEFAULT_BETA, "0.05")), ("1e-3", (DEFAULT_BETA, "0.05")),
+                      ("3e-3", ("0.05",))):
         no_kl = ("--preset", "rgra") + with_lr(lr) + ("--beta", "0")
-        for beta in (DEFAULT_BETA, "0.05"):
+        for beta in betas:
             with_kl = ("--preset", "rgra") + with_lr(lr) + with_beta(beta)
             cells.append(Cell("KL", f"beta {beta} vs 0", f"beta {beta}", float(lr), with_kl, no_kl,
                               seeds))
     return cells
 
 
-# The negatives' conditions: the default, a larger learning rate, then the RGRA paper's conditions
-# together (its format reward, groups of 4 from twice the prompts: the same 128 samples a step, a
-# larger learning rate, twice the steps)
+# The negatives' conditions: the default, then the RGRA paper's as far as they transfer (its format
+# reward, groups of 4 from twice the prompts: the same 128 samples a step, twice the steps) at a
+# learning rate where the policy moves far (3e-4) and where RGRA itself is unstable (1e-3)
+def papers_conditions(lr):
+    return ("--format-reward", "0.1", "--group", "4", "--prompts", "32", "--lr", lr,
+            "--steps", "120")
+
+
 NEGATIVE_CONDITIONS = {
     "default": (),
-    "lr 1e-3": ("--lr", "1e-3"),
-    "paper's conditions, 120 steps": ("--format-reward", "0.1", "--group", "4", "--prompts", "32",
-                                      "--lr", "1e-3", "--steps", "120"),
+    "paper's conditions, lr 3e-4, 120 steps": papers_conditions("3e-4"),
+    "paper's conditions, lr 1e-3, 120 steps": papers_conditions("1e-3"),
 }
 
 
@@ -169,9 +174,10 @@ def full_map(seeds=5):
 # conditions, the default operating point); README "When each switch matters" compares this choice
 # with the full map's measured largest effects.
 QUICK_CELLS = {
-    "ratio and clipping": ("clip vs no clip", "lr 1e-3", 8),
+    "ratio and clipping": ("clip vs no clip", "minibatches 8", 1e-3),
     "KL": ("beta 0.05 vs 0", "beta 0.05", 3e-3),
-    "negative feedback": ("both signs vs positive-only", "paper's conditions, 120 steps", 2),
+    "negative feedback": ("both signs vs positive-only", "paper's conditions, lr 1e-3, 120 steps",
+                          2),
     "std and aggregation": ("token-mean vs seq-mean-token-mean", "token-mean", 0),
 }
 QUICK_SEEDS = 3

@@ -246,7 +246,8 @@ def run_measures(files):
         shortcut=styles["shortcut"],
         left_to_right=styles["left-to-right"],
         bare=styles["bare"],
-        collapsed=collapsed([m["reward"] for m in metrics], [m["resp_len"] for m in metrics]),
+        collapsed=collapsed([m["reward"] for m in metrics], [m["resp_len"] for m in metrics],
+                            rl["acc"], base[RL_LEVEL]["acc"]),
     )
 
 

@@ -88,17 +88,28 @@ def mean_ci95(values):
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def collapsed(rewards, lengths, window=5, drop=0.5, min_len=3):
-    """The collapse rule: over the last `window` steps against the first, the mean reward fell below
-    `drop` times its start (from a start above 0.05), or the mean response length fell below `drop`
-    times its start, or the responses became degenerate (mean length < min_len tokens)."""
-    if len(rewards) < 2 * window:
+COLLAPSE_WINDOW = 5  # steps at the start and at the end that the collapse rule compares
+COLLAPSE_DROP = 0.5  # "fell": below this share of its start (or, for the length, rose above 1/it)
+MIN_LEN = 3  # tokens: a mean response shorter than this is degenerate
+
+
+def collapsed(rewards, lengths, acc=None, base_acc=None):
+    """The collapse rule. Over the last COLLAPSE_WINDOW steps against the first: the mean batch
+    reward fell below COLLAPSE_DROP times its start (from a start above 0.05), or the mean
+    response length fell below COLLAPSE_DROP times its start or rose above its start divided by it
+    (the model babbles to the length cap), or the responses became degenerate (mean length below
+    MIN_LEN tokens). And, given the final greedy accuracy on the RL level and the base's: it fell
+    below COLLAPSE_DROP times the base's (a run that collapses within its first steps has a start
+    window that has collapsed too, which the rules above would compare with itself)."""
+    w = COLLAPSE_WINDOW
+    if len(rewards) < 2 * w:
         return False
-    r0, r1 = np.mean(rewards[:window]), np.mean(rewards[-window:])
-    l0, l1 = np.mean(lengths[:window]), np.mean(lengths[-window:])
-    reward_fell = r0 > 0.05 and r1 < drop * r0
-    length_fell = l1 < drop * l0 or l1 < min_len
-    return bool(reward_fell or length_fell)
+    r0, r1 = np.mean(rewards[:w]), np.mean(rewards[-w:])
+    l0, l1 = np.mean(lengths[:w]), np.mean(lengths[-w:])
+    reward_fell = r0 > 0.05 and r1 < COLLAPSE_DROP * r0
+    length_moved = l1 < COLLAPSE_DROP * l0 or l1 > l0 / COLLAPSE_DROP or l1 < MIN_LEN
+    accuracy_fell = acc is not None and acc < COLLAPSE_DROP * base_acc
+    return bool(reward_fell or length_moved or accuracy_fell)
 
 
 # -----------------------------------------------------------------------------
@@ -194,8 +205,9 @@ def variant_row(variant, runs):
     metrics = [r["metrics"] for r in runs]
     shares = {s: mean_ci95([f["styles"][s] / sum(f["styles"].values()) for f in rl])
               for s in STYLE_NAMES}
-    collapses = sum(collapsed([m["reward"] for m in ms], [m["resp_len"] for m in ms])
-                    for ms in metrics)
+    collapses = sum(collapsed([m["reward"] for m in ms], [m["resp_len"] for m in ms],
+                              f["acc"], base[RL_LEVEL]["acc"])
+                    for ms, f in zip(metrics, rl))
     return dict(
         variant=variant,
         seeds=len(runs),

@@ -40,6 +40,14 @@ def test_collapse_rule_flags_falling_reward_and_shrinking_length():
     shrinking_len = [30.0] * 10 + [10.0] * 10
     assert sweep.collapsed([0.4] * 20, shrinking_len)  # length fell below half its start
     assert sweep.collapsed([0.0] * 20, [30.0] * 10 + [2.0] * 10)  # degenerate, very short outputs
+    assert sweep.collapsed([0.4] * 20, [20.0] * 10 + [72.0] * 10)  # babbling to the length cap
+
+
+def test_collapse_rule_flags_a_run_that_collapsed_in_its_first_steps_by_its_final_accuracy():
+    early = [0.01] * 20  # the reward fell at the first update: the start window has collapsed too
+    assert not sweep.collapsed(early, [25.0] * 20)
+    assert sweep.collapsed(early, [25.0] * 20, acc=0.02, base_acc=0.17)
+    assert not sweep.collapsed(early, [25.0] * 20, acc=0.10, base_acc=0.17)  # above half the base
 
 
 def test_collapse_rule_spares_healthy_and_noisy_runs():

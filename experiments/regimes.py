@@ -73,6 +73,20 @@ class Cell:
     seeds: int = 5
 
 
+# A flag at its default value is left out of a run's flags, so that the cells that need the same
+# run name it the same way (and it runs once): --lr 1e-4 and --beta 0.005 are the defaults.
+DEFAULT_LR = "1e-4"
+DEFAULT_BETA = "0.005"
+
+
+def with_lr(lr):
+    return () if lr == DEFAULT_LR else ("--lr", lr)
+
+
+def with_beta(beta):
+    return () if beta == DEFAULT_BETA else ("--beta", beta)
+
+
 def reuse_cells(seeds):
     """Ratio and clipping where the samples are stale: minibatches 8 splits a step's batch into 8
     optimizer steps, so that its last minibatch is sampled 7 updates before it is learned from (as
@@ -98,20 +112,6 @@ def reuse_cells(seeds):
                           ("dual-clip vs ppo clip", grpo + ("--clip-c", "3"))):
         cells.append(Cell("ratio and clipping", pair, "minibatches 8", 3e-4, variant, grpo, seeds))
     return cells
-
-
-# A flag at its default value is left out of a run's flags, so that the cells that need the same
-# run name it the same way (and it runs once): --lr 1e-4 and --beta 0.005 are the defaults.
-DEFAULT_LR = "1e-4"
-DEFAULT_BETA = "0.005"
-
-
-def with_lr(lr):
-    return () if lr == DEFAULT_LR else ("--lr", lr)
-
-
-def with_beta(beta):
-    return () if beta == DEFAULT_BETA else ("--beta", beta)
 
 
 def kl_cells(seeds):

@@ -1,0 +1,347 @@
+"""
+experiments/confirm.py: the confirmation set. Three hypotheses that the regime map raised, each
+declared here (arms, primary measure, seeds, analysis) and committed before any of its runs started,
+then run on seeds that no earlier run used and on two warm-start bases, and reported whatever they
+show.
+
+    python experiments/confirm.py --jobs 2            # every run (resumable), then the report
+    python experiments/confirm.py --print-commands    # one command a line, for a scheduler
+    python experiments/confirm.py --collect           # the report of the finished runs
+
+Why a confirmation set: the regime map chose its cells, and added seeds to two of them, after
+looking at results; a cell chosen for its large effect overstates it (the winner's curse). A test
+whose hypothesis, measure, seeds and analysis are fixed before its data exist does not.
+
+The hypotheses (HYPOTHESES below), each "on - off is not 0" on its primary measure:
+  negative feedback   both signs against positive-only (--adv-sign pos) under the RGRA paper's
+                      reward (0.1 for a well-formed answer line + 1 for the right answer) and its
+                      G = 8, at lr 3e-4, where both signs were stable in the map, 120 steps;
+                      primary: greedy accuracy on the RL level (acc). The paper: negative feedback
+                      is essential.
+  ratio and clipping  GRPO (ratio + clip) against RGRA with each batch split into 8 minibatches
+                      (stale samples) at lr 3e-4, 60 steps; primary: acc. The paper: ratio and
+                      clipping are unnecessary (it ran one update per batch, where the two are equal
+                      exactly).
+  KL                  beta 0.05 against beta 0 (RGRA) at lr 1e-3, 60 steps; primary: the mean greedy
+                      accuracy on the atoms (atoms): does KL hold what the base knew?
+
+The analysis, fixed here: on each base, d_s = on_s - off_s per seed; the exact two-sided sign-flip
+p (experiments/stats.py) of the primary measure; the family is the six tests (3 hypotheses x 2
+bases), Holm-adjusted; "confirmed" on a base means adjusted p < 0.05 there, and a finding of the
+method (not of one warm start) is one confirmed on both bases. Beside it: the 95% paired t interval,
+every other measure (exploratory: raw p only), and the collapse counts with the exact McNemar test.
+
+Seeds: RL seeds SEED_OFFSET, SEED_OFFSET + 1, ... (no earlier run used a seed above 9), on the
+default base (--base-seed 0) and a second one (--base-seed 1). How many: the fewest at which a
+paired test at the family's strictest Holm level (0.05 / 6) has 80% power against the effect and
+spread the map measured (stats.seeds_for_power), at most MOST_SEEDS for the CPU budget and at least
+10; PLANNED_POWER says what each hypothesis gets. The map's effects were chosen for being large, so
+these powers are optimistic.
+"""
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from matplotlib.figure import Figure  # imported before any work: the figure at the end needs it
+
+import numpy as np
+
+import nanorgra
+from experiments import stats
+from experiments.regimes import MAP_FLAGS, MEASURES, MapRun, run_measures, run_name
+from experiments.sweep import read_run, run_all, run_one, warm_start_once
+from rundir import save_figure, write_atomic
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One declared comparison: the flags of its two arms (on top of the map's), its primary
+    measure (a key of experiments.regimes.run_measures), and what the regime map measured of it
+    (the effect and the spread of the per-seed differences that size its seeds)."""
+
+    name: str
+    claim: str  # in words: what on - off would show
+    on: tuple
+    off: tuple
+    measure: str
+    map_effect: float  # the regime map's mean difference of the measure
+    map_sd: float  # the sd of its per-seed differences (from its 95% interval and seed count)
+
+
+SEED_OFFSET = 1000
+BASES = (0, 1)
+TESTS_IN_FAMILY = 3 * len(BASES)
+MOST_SEEDS = 24
+PAPERS_REWARD = ("--format-reward", "0.1", "--group", "8", "--steps", "120")
+
+
+def map_sd(half, seeds):
+    """The sd of the per-seed differences behind a 95% interval of half-width `half`."""
+    return half * math.sqrt(seeds) / stats.t_quantile(0.975, seeds - 1)
+
+
+HYPOTHESES = (
+    # the map: +0.067 +- 0.090 over 5 seeds (groups of 4, 32 prompts)
+    Hypothesis("negative feedback",
+               "both signs beat positive-only under the paper's reward and G = 8 (lr 3e-4)",
+               on=("--preset", "rgra", "--lr", "3e-4") + PAPERS_REWARD,
+               off=("--preset", "rgra", "--lr", "3e-4") + PAPERS_REWARD + ("--adv-sign", "pos"),
+               measure="acc", map_effect=0.067, map_sd=map_sd(0.090, 5)),
+    # the map: +0.156 +- 0.147 over 10 seeds
+    Hypothesis("ratio and clipping",
+               "GRPO beats RGRA when each batch is split into 8 minibatches (lr 3e-4)",
+               on=("--preset", "grpo", "--lr", "3e-4", "--minibatches", "8"),
+               off=("--preset", "rgra", "--lr", "3e-4", "--minibatches", "8"),
+               measure="acc", map_effect=0.156, map_sd=map_sd(0.147, 10)),
+    # the map: atoms +0.311 +- 0.199 over 5 seeds
+    Hypothesis("KL",
+               "beta 0.05 keeps more of the atoms than beta 0 (lr 1e-3)",
+               on=("--preset", "rgra", "--lr", "1e-3", "--beta", "0.05"),
+               off=("--preset", "rgra", "--lr", "1e-3", "--beta", "0"),
+               measure="atoms", map_effect=0.311, map_sd=map_sd(0.199, 5)),
+)
+
+
+def planned_seeds(hypothesis):
+    """Seeds per arm and base: 80% power at alpha 0.05 / TESTS_IN_FAMILY, at most MOST_SEEDS, and
+    at least 10 (an exact sign-flip test of fewer seeds cannot reach that alpha unless every sign
+    agrees: 2 / 2^8 = 0.0078)."""
+    alpha = stats.ALPHA / TESTS_IN_FAMILY
+    n = stats.seeds_for_power(hypothesis.map_effect, hypothesis.map_sd, alpha)
+    return min(MOST_SEEDS, max(10, n))
+
+
+PLANNED_SEEDS = {h.name: planned_seeds(h) for h in HYPOTHESES}
+PLANNED_POWER = {h.name: stats.power_of(PLANNED_SEEDS[h.name], h.map_effect, h.map_sd,
+                                        stats.ALPHA / TESTS_IN_FAMILY) for h in HYPOTHESES}
+
+
+def seeds_of(hypothesis):
+    return [SEED_OFFSET + i for i in range(PLANNED_SEEDS[hypothesis.name])]
+
+
+# -----------------------------------------------------------------------------
+# Runs: one directory per (base, flags, seed)
+
+
+def arm_flags(base_seed, flags):
+    return ("--base-seed", str(base_seed)) + tuple(flags)
+
+
+def confirmation_runs(run_flags, out):
+    """Every run of the set, in the order of the hypotheses, bases, seeds and arms (so that an
+    interrupted set has whole pairs done)."""
+    runs = {}
+    for hypothesis in HYPOTHESES:
+        for base_seed in BASES:
+            for seed in seeds_of(hypothesis):
+                for flags in (hypothesis.on, hypothesis.off):
+                    name = run_name(arm_flags(base_seed, flags), seed)
+                    argv = (run_flags + list(arm_flags(base_seed, flags))
+                            + ["--seed", str(seed), "--out-dir", str(out / name)])
+                    runs.setdefault(name, MapRun(name, out / name, argv))
+    return list(runs.values())
+
+
+# -----------------------------------------------------------------------------
+# The analysis
+
+
+def test_result(hypothesis, base_seed, measured):
+    """One test: the per-seed pairs of one hypothesis on one base, its primary measure's paired
+    summary, every measure's (exploratory), and the collapses with McNemar's exact p."""
+    seeds = seeds_of(hypothesis)
+    on = [measured[run_name(arm_flags(base_seed, hypothesis.on), s)] for s in seeds]
+    off = [measured[run_name(arm_flags(base_seed, hypothesis.off), s)] for s in seeds]
+    measures = {m: stats.paired_summary([r[m] for r in on], [r[m] for r in off])
+                for m in MEASURES}
+    arms = {arm: {m: [r[m] for r in runs] for m in MEASURES + ("collapsed",)}
+            for arm, runs in (("on", on), ("off", off))}
+    collapsed_on, collapsed_off = arms["on"]["collapsed"], arms["off"]["collapsed"]
+    return dict(hypothesis=hypothesis.name, claim=hypothesis.claim, base_seed=base_seed,
+                measure=hypothesis.measure, seeds=seeds, on=list(hypothesis.on),
+                off=list(hypothesis.off), primary=measures[hypothesis.measure],
+                measures=measures, arms=arms, collapsed_on=sum(collapsed_on),
+                collapsed_off=sum(collapsed_off),
+                collapse_p=stats.mcnemar_exact(collapsed_on, collapsed_off))
+
+
+def analyse(measured):
+    """The six tests, their Holm-adjusted p over the family, and each hypothesis's verdict."""
+    tests = [test_result(h, b, measured) for h in HYPOTHESES for b in BASES]
+    adjusted = stats.holm([t["primary"]["p"] for t in tests])
+    for test, p_adj in zip(tests, adjusted):
+        test["p_adjusted"] = p_adj
+        test["confirmed"] = bool(p_adj < stats.ALPHA)
+    verdicts = {h.name: verdict([t for t in tests if t["hypothesis"] == h.name])
+                for h in HYPOTHESES}
+    return tests, verdicts
+
+
+def verdict(tests):
+    """In words, from a hypothesis's tests on every base."""
+    confirmed = [t["base_seed"] for t in tests if t["confirmed"]]
+    if len(confirmed) == len(tests):
+        signs = {np.sign(t["primary"]["mean"]) for t in tests}
+        agree = "the same sign" if len(signs) == 1 else "opposite signs"
+        return f"confirmed on every base ({agree})"
+    if confirmed:
+        return f"confirmed on base {', '.join(map(str, confirmed))} only"
+    return "not confirmed on any base"
+
+
+def interval_text(summary, digits=3):
+    mean, half = summary["mean"], summary["half"]
+    return (f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]")
+
+
+def report_markdown(tests, verdicts):
+    lines = [
+        "Each row: one hypothesis on one base; d = on - off per seed; the 95% paired t interval; "
+        "p: exact two-sided sign-flip p; p adj: Holm over the six tests (the family); confirmed: "
+        "p adj < 0.05. Collapses: runs of each arm that met the collapse rule, with McNemar's "
+        "exact p (the arms share their seeds).", "",
+        "| hypothesis | base | seeds | measure | on | off | d, 95% interval | p | p adj | "
+        "confirmed | collapsed on / off (p) |", "|" + " --- |" * 11]
+    for t in tests:
+        m = t["measure"]
+        cells = [t["hypothesis"], str(t["base_seed"]), str(len(t["seeds"])), m,
+                 f"{np.mean(t['arms']['on'][m]):.3f}", f"{np.mean(t['arms']['off'][m]):.3f}",
+                 interval_text(t["primary"]), f"{t['primary']['p']:.4f}",
+                 f"{t['p_adjusted']:.4f}", "yes" if t["confirmed"] else "no",
+                 f"{t['collapsed_on']} / {t['collapsed_off']} ({t['collapse_p']:.3f})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Verdicts: " + "; ".join(f"{name}: {v}" for name, v in verdicts.items()) + "."]
+    lines += ["", "Exploratory (raw p, no correction): every measure of every test.", "",
+              "| hypothesis | base | " + " | ".join(MEASURES) + " |",
+              "|" + " --- |" * (len(MEASURES) + 2)]
+    for t in tests:
+        cells = [f"{t['measures'][m]['mean']:+.3f} (p {t['measures'][m]['p']:.3f})"
+                 if not math.isnan(t["measures"][m]["p"]) else "n/a" for m in MEASURES]
+        lines.append(f"| {t['hypothesis']} | {t['base_seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confirmations(tests, path):
+    """One panel per hypothesis and base: each seed's on and off values joined by a line, the
+    arms' means with their 95% intervals, and the difference's interval and adjusted p in the
+    title."""
+    fig = Figure((4.2 * len(BASES) * len(HYPOTHESES) / 2, 8), layout="constrained")
+    axes = fig.subplots(2, len(tests) // 2).T.flat
+    for ax, t in zip(axes, tests):
+        m = t["measure"]
+        on, off = np.array(t["arms"]["on"][m]), np.array(t["arms"]["off"][m])
+        for a, b in zip(off, on):
+            ax.plot([0, 1], [a, b], color="grey", alpha=0.35, lw=0.8)
+        for x, values in ((0, off), (1, on)):
+            mean, half = stats_mean_interval(values)
+            ax.errorbar([x], [mean], yerr=[half], fmt="o", color="black", capsize=5, ms=6)
+        ax.set_xticks([0, 1], ["off", "on"])
+        ax.set_xlim(-0.4, 1.4)
+        ax.set_ylabel(m)
+        ax.set_title(f"{t['hypothesis']}, base {t['base_seed']}\n"
+                     f"d {interval_text(t['primary'])}, p adj {t['p_adjusted']:.3f}", fontsize=9)
+    fig.suptitle("The confirmation set: each grey line one seed (off -> on); black: arm mean, "
+                 "95% interval")
+    save_figure(fig, path)
+
+
+def stats_mean_interval(values):
+    values = np.asarray(values, dtype=float)
+    half = stats.t_quantile(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+# -----------------------------------------------------------------------------
+# The command
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Any other flag goes to every run.")
+    p.add_argument("--confirm-dir", default="runs/confirm", help="where the runs go (runs/confirm)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, as in experiments/sweep.py")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--print-commands", action="store_true",
+                      help="print the commands of the warm starts and of every run; run nothing")
+    mode.add_argument("--run", default=None, metavar="NAME", help="one run, by its directory name")
+    mode.add_argument("--collect", action="store_true",
+                      help="write the report of the finished runs; run nothing")
+    return p
+
+
+def parse(argv):
+    p = build_parser()
+    args, run_flags = p.parse_known_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if "--base-seed" in run_flags or "--seed" in run_flags:
+        p.error("the set fixes --base-seed and --seed itself")
+    out = Path(args.confirm_dir)
+    runs = confirmation_runs(MAP_FLAGS + run_flags, out)
+    warm_starts = [f"warm-start-base{b}" for b in BASES]
+    if args.run is not None and args.run not in warm_starts + [r.name for r in runs]:
+        p.error(f"--run: no run {args.run!r} in this set")
+    for run in runs:
+        nanorgra.parse_args(run.argv)  # every run's flags are checked before any work starts
+    return args, MAP_FLAGS + run_flags, out, runs
+
+
+def print_commands(argv, runs):
+    me = "python experiments/confirm.py " + shlex.join(a for a in argv if a != "--print-commands")
+    print("# 1. the warm starts (cached in --base-dir): run them first, once")
+    for b in BASES:
+        print(f"{me} --run warm-start-base{b}")
+    print("# 2. the runs, in any order, anywhere --base-dir and --confirm-dir are shared")
+    for run in runs:
+        print(f"{me} --run {run.name}")
+    print("# 3. when every run has finished: the report")
+    print(f"# {me} --collect")
+
+
+def collect(runs):
+    missing = [r.name for r in runs if not (r.dir / "summary.json").exists()]
+    if missing:
+        raise SystemExit(f"not finished yet: {len(missing)} runs, e.g. {', '.join(missing[:3])}")
+    return {r.name: run_measures(read_run(r.dir)) for r in runs}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, run_flags, out, runs = parse(argv)
+    if args.print_commands:
+        return print_commands(argv, runs)
+    if args.run is not None and args.run.startswith("warm-start-base"):
+        base_seed = args.run.removeprefix("warm-start-base")
+        return warm_start_once(run_flags + ["--base-seed", base_seed])
+    if args.run is not None:
+        return run_one(next(r for r in runs if r.name == args.run).argv)
+    t0 = time.time()
+    if not args.collect:
+        for b in BASES:
+            warm_start_once(run_flags + ["--base-seed", str(b)])
+        print(f"confirm: {len(runs)} runs into {out}, {args.jobs} at a time")
+        if "stopped" in run_all(runs, args.jobs):
+            return print("stopped; run the same command again to continue")
+    tests, verdicts = analyse(collect(runs))
+    table = report_markdown(tests, verdicts)
+    write_atomic(out / "results.md", table)
+    payload = dict(command="python experiments/confirm.py " + " ".join(argv),
+                   seconds=time.time() - t0, runs=len(runs), planned_seeds=PLANNED_SEEDS,
+                   planned_power=PLANNED_POWER, tests=tests, verdicts=verdicts)
+    write_atomic(out / "results.json", json.dumps(payload, indent=1))
+    plot_confirmations(tests, out / "confirm.png")
+    print(table + f"\nconfirm: {len(runs)} runs; {time.time() - t0:.0f}s; results in {out}")
+    return tests
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """
-distributed.py: one run over several processes with torchrun, and the same calls as no-ops in one
-process.
+distributed.py: the device a run computes on, and one run over several processes with torchrun (the
+same calls are no-ops in one process).
 
     torchrun --standalone --nproc_per_node=2 nanorgra.py   # 2 processes on one machine (CPU: gloo)
     torchrun --standalone --nproc_per_node=8 nanorgra.py   # 8 GPUs, one process each (NCCL)
@@ -11,29 +11,30 @@ places that talk across processes. Without torchrun there is one process, rank 0
 function returns its input.
 
 What nanorgra.py splits across ranks, and why the update is the single-process one:
-  - each rank samples and scores a contiguous share of each step's prompts (my_share); the
-    per-prompt seeds are drawn for the whole step first, so a prompt's samples do not depend on the
-    rank that draws them;
-  - the rewards are gathered (gather_rows), so every rank computes the advantages of the whole
-    batch;
-  - every rank draws the same minibatches over the whole batch, computes the loss of its own rows
-    with the whole minibatch's denominators, and the gradients are summed
+  - each rank samples and scores a contiguous share of each step's prompts (my_share, in
+    nanorgra.sample_batch); the per-prompt seeds are drawn for the whole step first, so a prompt's
+    samples do not depend on the rank that draws them;
+  - gather_step gives every rank the whole step's rows (the completions, rewards, styles and the
+    reference's log-probs), so that every rank computes the advantages, the minibatches and the
+    metrics of the whole batch, as one process would;
+  - in nanorgra.learn every rank computes the loss of its own share of each minibatch's rows
+    (my_share) with the whole minibatch's denominators, and the gradients are summed
     (sum_gradients_over_ranks): the sum of the ranks' gradients is the gradient of the whole
-    minibatch, so every rank takes the same optimizer step. Only the order of the floating-point
-    additions differs from one process (tests/test_distributed.py);
+    minibatch, so every rank takes the same optimizer step; the update's statistics are summed
+    too (sum_over_ranks). Only the order of the floating-point additions differs from one process
+    (tests/test_distributed.py);
   - evaluations: every rank samples its share of the test prompts and the texts are gathered
-    (gather_objects);
+    (gather_objects, in nanorgra.sample_texts);
   - the warm start runs on rank 0, which caches it; the other ranks wait and load it
     (rundir.cached_model).
 """
 
+import dataclasses
 import datetime
 import os
 
 import torch
 import torch.distributed as dist
-
-from model import pick_device
 
 # A rank waits at most this long for the others (rank 0 alone trains the warm start, which takes
 # minutes).
@@ -54,6 +55,14 @@ def setup_device(args):
     if not is_distributed():  # joined once, although train() may run twice in one process
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return device
+
+
+def pick_device(name="auto"):
+    """A torch.device; "auto" is cuda, else mps, else cpu."""
+    if name == "auto":
+        mps = torch.backends.mps.is_available()
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    return torch.device(name)
 
 
 def teardown():
@@ -104,9 +113,11 @@ def gather_rows(tensor):
     if not is_distributed():
         return tensor
     local = tensor.to(_comm_device())
+    if tensor.dtype == torch.bool:  # sent as bytes: not every backend sends bool
+        local = local.to(torch.uint8)
     parts = [torch.empty_like(local) for _ in range(world_size())]
     dist.all_gather(parts, local)
-    return torch.cat(parts).to(tensor.device)
+    return torch.cat(parts).to(tensor.device, tensor.dtype)
 
 
 def gather_objects(items):
@@ -116,6 +127,49 @@ def gather_objects(items):
     parts = [None] * world_size()
     dist.all_gather_object(parts, list(items))
     return [item for part in parts for item in part]
+
+
+def gather_step(rollout, rewards, styles, ref_logp, pad_id):
+    """Every rank's rows of one RL step, on every rank, in rank order: the Rollout (prompts
+    left-padded and completions right-padded to the longest of any rank, with pad_id), the (B, G)
+    rewards, the styles, and the (N, L) reference log-probs (or None). In one process: the
+    arguments as they are."""
+    if not is_distributed():
+        return rollout, rewards, styles, ref_logp
+    prompt_len = int(max(gather_objects([rollout.prompt.size(1)])))
+    completion_len = int(max(gather_objects([rollout.tokens.size(1)])))
+    rollout = padded_rollout(rollout, prompt_len, completion_len, pad_id)
+    gathered = {f.name: gather_rows(getattr(rollout, f.name)) for f in dataclasses.fields(rollout)}
+    if ref_logp is not None:
+        ref_logp = gather_rows(right_pad(ref_logp, completion_len, 0.0))
+    return (dataclasses.replace(rollout, **gathered), gather_rows(rewards),
+            gather_objects(styles), ref_logp)
+
+
+def padded_rollout(rollout, prompt_len, completion_len, pad_id):
+    """A Rollout (model.py) padded to prompts of prompt_len (on the left, not valid) and completions
+    of completion_len (on the right, masked out, log-prob 0): the same rows, a wider layout."""
+    extra = prompt_len - rollout.prompt.size(1)
+    return dataclasses.replace(
+        rollout,
+        prompt=left_pad(rollout.prompt, extra, pad_id),
+        prompt_valid=left_pad(rollout.prompt_valid, extra, False),
+        tokens=right_pad(rollout.tokens, completion_len, pad_id),
+        mask=right_pad(rollout.mask, completion_len, False),
+        logprobs=right_pad(rollout.logprobs, completion_len, 0.0))
+
+
+def left_pad(tensor, extra, value):
+    """(N, T) -> (N, extra + T), value in the new columns on the left."""
+    pad = torch.full((tensor.size(0), extra), value, dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([pad, tensor], 1)
+
+
+def right_pad(tensor, length, value):
+    """(N, T) -> (N, length), value in the new columns on the right."""
+    extra = length - tensor.size(1)
+    pad = torch.full((tensor.size(0), extra), value, dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([tensor, pad], 1)
 
 
 def sum_over_ranks(values, op="sum"):

@@ -10,7 +10,7 @@ before anything is written.
 
 import argparse
 import math
-from dataclasses import fields, replace
+from dataclasses import field, fields, replace
 from typing import NamedTuple
 
 from data.tasks import RL_LEVEL, TEST_SET_SIZE, load_test_set, worked_solution
@@ -63,6 +63,80 @@ RUN_FLAGS = {
         Flag("--pass-k", 64, "largest k of the pass@k curve, k = 1, 2, 4, ...", at_least=1),
     ],
 }
+
+
+# -----------------------------------------------------------------------------
+# The LossConfig's switches: nanorgra.py declares each field with switch(...), whose metadata gives
+# its flag's help and the values it allows; building a LossConfig runs check_loss_config, so that
+# a value that cannot work is refused in Python as on the command line.
+
+
+def switch(default, help, choices=None, above=None, at_least=None, below=None):
+    """A field of LossConfig: its default, the help of its command-line flag, and the values it
+    allows (one of choices, or a finite number > above, >= at_least, < below)."""
+    allowed = dict(help=help, choices=choices, above=above, at_least=at_least, below=below)
+    return field(default=default, metadata=allowed)
+
+
+class SwitchError(ValueError):
+    """A LossConfig value that cannot work: .switch names its field, .problem says what is
+    wrong with it."""
+
+    def __init__(self, switch, problem):
+        super().__init__(f"{switch} {problem}")
+        self.switch = switch
+        self.problem = problem
+
+
+def check_loss_config(config):
+    """SwitchError for the first field of config outside its allowed values, or the first
+    combination of switches that cannot work together."""
+    for f in fields(config):
+        check_switch(f.name, getattr(config, f.name), f.metadata)
+    for cannot_work, name, problem in combination_rules(config):
+        if cannot_work:
+            raise SwitchError(name, problem)
+
+
+def combination_rules(c):
+    """The switches that cannot work together: (whether config c breaks the rule, the field to
+    name, the problem)."""
+    return [
+        (c.clip and not c.ratio, "clip",
+         "needs ratio (clipping acts on the ratio): pass --ratio, or --no-clip"),
+        (c.ratio_level == "sequence" and not c.ratio, "ratio_level",
+         "sequence needs ratio (it is a level of the ratio): pass --ratio"),
+        (0 < c.clip_c <= 1, "clip_c",
+         f"must be 0 (off) or > 1 (the bound acts where rho > c; rho = 1 must stay free); "
+         f"got {c.clip_c}"),
+        (c.clip_c > 0 and not c.clip, "clip_c",
+         "needs clip (dual-clip bounds the clipped term): pass --clip"),
+        (c.clip_c > 0 and c.clip_mode != "ppo", "clip_c",
+         "needs clip_mode ppo (cispo's weight is bounded already)"),
+    ]
+
+
+def check_switch(name, value, allowed):
+    """SwitchError unless value is one of allowed["choices"], or a finite number inside
+    allowed's bounds."""
+    if allowed["choices"] is not None:
+        if value not in allowed["choices"]:
+            choices = ", ".join(allowed["choices"])
+            raise SwitchError(name, f"must be one of {choices}; got {value!r}")
+        return
+    bounds = [(allowed["above"], "> {}", lambda x, b: x > b),
+              (allowed["at_least"], ">= {}", lambda x, b: x >= b),
+              (allowed["below"], "< {}", lambda x, b: x < b)]
+    bounds = [(bound, text, holds) for bound, text, holds in bounds if bound is not None]
+    if not bounds:
+        return
+    if not math.isfinite(value) or not all(holds(value, bound) for bound, _, holds in bounds):
+        rule = " and ".join(text.format(bound) for bound, text, _ in bounds)
+        raise SwitchError(name, f"must be a finite number {rule}; got {value!r}")
+
+
+# -----------------------------------------------------------------------------
+# The parser
 
 
 def build_parser(presets):
@@ -153,9 +227,7 @@ def parse_args(presets, argv=None):
     given = {"agg_constant": float(args.max_new_tokens), **given}  # Dr. GRPO's constant: the budget
     try:
         args.loss = replace(presets[args.preset], **given)
-    except ValueError as e:  # a SwitchError of the LossConfig: e.switch names the field
-        if not hasattr(e, "switch"):
-            raise
+    except SwitchError as e:  # e.switch names the field
         parser.error(f"--{e.switch.replace('_', '-')} {e.problem}")
     problem = run_problems(args)
     if problem:

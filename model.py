@@ -7,8 +7,8 @@ What is here, top to bottom:
      (padding is never attended to, and every row's positions start at 0 on its first real token),
      or `segments` for rows that pack several examples.
   2. token_logprobs, token_entropy and completion_logprobs: log pi(target | prefix) at a
-     temperature, the quantity the RL loss is built from; pick_device and autocast
-     (bf16 on CUDA, float32 elsewhere).
+     temperature, the quantity the RL loss is built from; autocast (bf16 on CUDA, float32
+     elsewhere).
   3. Packed rows (pack_rows): several examples one after another in a row, with a block-diagonal
      causal mask, as supervised training reads them: compute is spent on tokens, not padding.
   4. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded;
@@ -24,22 +24,10 @@ Simplifications: no dropout (RL wants the sampled and the trained distribution t
 function), no rotary embeddings, no flash-decoding; the cache is preallocated to
 prompt length + max_new_tokens.
 
-Where the sampler's time goes (CPU, the benchmark below, torch.profiler): with SDPA in the one-token
-decode step, half of it went to that attention (2-3.5 ms per layer and step at one thread: one tiny
-matrix product per row and head) and a third to the linear layers. decode_step now writes attention
-as elementwise products and sums streaming through a slot-major cache (slot s of every row is one
-contiguous block), a scratch buffer takes the products, and the mask is built once per step (and
-not at all when nothing is padding): that attention takes about 1 ms per layer and step at one
-thread (0.7 at two), bound by reading the cache from memory, and the linear layers are the largest
-share (~40%). Dropping finished rows matters for RL batches, whose rows end at very different steps.
-
-Run `python model.py` for a self-check and a benchmark of the KV-cache sampler against the
-full-recompute loop (batch 256 rows, 64 new tokens, the default model size; --compare-hf adds
-transformers' generate()), on CUDA when there is one (then also under bf16 autocast).
+experiments/bench_sampler.py checks the sampler against the full recompute and measures it.
 """
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -260,14 +248,6 @@ def segment_causal_mask(segments):
     same_example = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
     return (same_example & causal)[:, None]
-
-
-def pick_device(name="auto"):
-    """A torch.device; "auto" is cuda, else mps, else cpu."""
-    if name == "auto":
-        mps = torch.backends.mps.is_available()
-        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    return torch.device(name)
 
 
 def autocast(device):
@@ -548,17 +528,18 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(N, max_new_tokens, device=device)
     mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
-    # the working batch: its row j samples output row rows[j]; finished rows leave it now and then
-    rows = torch.arange(N, device=device)  # (n,)
+    # the working batch: its row j samples output row output_row[j]; finished rows leave it now
+    # and then
+    output_row = torch.arange(N, device=device)  # (n,)
     alive = torch.ones(N, dtype=torch.bool, device=device)  # (n,)
     steps = 0
     for t in range(max_new_tokens):
-        step_noise = None if noise is None else noise[rows, t]  # (n, V)
+        step_noise = None if noise is None else noise[output_row, t]  # (n, V)
         tok, lp = pick_tokens(logits, step_noise, temperature, top_k)  # (n,)
         tok = torch.where(alive, tok, pad_id)
-        tokens[rows, t] = tok
-        logprobs[rows, t] = torch.where(alive, lp, 0.0)
-        mask[rows, t] = alive  # the EOS step is still alive here: the EOS is in the mask
+        tokens[output_row, t] = tok
+        logprobs[output_row, t] = torch.where(alive, lp, 0.0)
+        mask[output_row, t] = alive  # the EOS step is still alive here: the EOS is in the mask
         cache.valid[:, P + t] = alive  # a finished row's later slots: padding no one attends to
         alive = alive & (tok != eos_id)
         steps = t + 1
@@ -567,7 +548,8 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
             break
         if n_alive <= SHRINK * alive.numel():
             keep = alive.nonzero().squeeze(1)  # (n_alive,)
-            rows, alive, tok, next_pos = rows[keep], alive[keep], tok[keep], next_pos[keep]
+            output_row, alive = output_row[keep], alive[keep]
+            tok, next_pos = tok[keep], next_pos[keep]
             cache.keep_rows(keep, P + t)
         if last_pos + t + 1 >= cfg.block_size:
             raise ValueError(f"position {last_pos + t + 1} is beyond block_size={cfg.block_size}")
@@ -609,130 +591,3 @@ def generate_naive(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1
             break
     tokens = seq[:, P:]
     return Rollout(idx, valid, tokens, seq_valid[:, P:], torch.stack(logprobs, 1))
-
-
-# -----------------------------------------------------------------------------
-# Self-check and benchmark: python model.py
-
-
-def _benchmark(samplers, repeats, device):
-    """
-    Sampled tokens per second of each sampler (name -> a function that samples the batch and
-    returns how many tokens it sampled), from the best of `repeats` timings. The samplers take turns
-    (A, B, C, A, B, C, ...) so that load from other processes on a shared machine hits them alike.
-    """
-    best, tokens = {}, {}
-    for _ in range(repeats):
-        for name, sample in samplers.items():
-            t0 = time.perf_counter()
-            tokens[name] = sample()
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # kernels run asynchronously: wait for them first
-            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-    return {name: tokens[name] / best[name] for name in samplers}
-
-
-def _hf_sampler(config, prompts, pad_id, max_new_tokens):
-    """
-    Hugging Face transformers' generate() (KV cache on, sampling, top-k off) on a GPT-2 of the same
-    size and the same left-padded batch, as a sampler for _benchmark; and its parameter count.
-    transformers is not a dependency of nanoRGRA: this runs only where it is installed.
-    """
-    from transformers import GPT2Config, GPT2LMHeadModel
-    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
-                           n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-                           bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
-    hf = GPT2LMHeadModel(hf_config).eval()
-    idx, valid = left_pad(prompts, pad_id, "cpu")
-
-    def sample():
-        # min_new_tokens keeps every row running, like the EOS-free timing of ours
-        with torch.no_grad():
-            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0,
-                              use_cache=True, max_new_tokens=max_new_tokens,
-                              min_new_tokens=max_new_tokens)
-        return (out.size(1) - idx.size(1)) * out.size(0)
-
-    return sample, sum(p.numel() for p in hf.parameters())
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Self-check and benchmark of the KV-cache sampler.")
-    parser.add_argument("--batch", type=int, default=256, help="rows sampled at once")
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats, the samplers taking turns; the best is reported")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0 = torch's default)")
-    parser.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
-    parser.add_argument("--compare-hf", action="store_true",
-                        help="also time transformers' GPT-2 generate() at the same size "
-                             "(needs transformers)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from data.tokenizer import get_tokenizer
-    from data.tasks import LEVELS, RL_LEVEL, prompt_text, sample_problems
-    import numpy as np
-
-    tok = get_tokenizer()
-    device = pick_device(args.device)
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=128)
-    model = GPT(config, seed=0).to(device).eval()
-    problems = sample_problems(LEVELS[RL_LEVEL], args.batch, np.random.default_rng(0))
-    prompts = [tok.encode(prompt_text(p)) for p in problems]
-    # an EOS id outside the vocabulary keeps every row running for the full budget:
-    # a fair, fixed-length timing
-    never = -1
-
-    # self-check, in float32 on the device: the cache changes the cost, not the result
-    # (tests/test_gpu.py checks bf16 autocast on CUDA, where a near-tie between two tokens
-    # may be decided differently)
-    few = prompts[:8]
-    a = generate(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
-    b = generate_naive(model, few, 16, never, tok.pad_id, num_samples=2, seeds=range(8))
-    assert torch.equal(a.tokens, b.tokens), "KV-cache and full-recompute samples differ"
-    same_logprobs = torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
-    assert same_logprobs, "KV-cache and full-recompute log-probs differ"
-    with torch.no_grad():
-        lp = completion_logprobs(model, a, 1.0)
-    print(f"self-check ok on {device}: KV-cache == full recompute; sampler vs training log-probs "
-          f"max |diff| = {(lp - a.logprobs).abs().max().item():.2e}")
-
-    lens = [len(p) for p in prompts]
-    where = f"{torch.get_num_threads()} threads"
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name()
-    print(f"model: {model.num_params():,} params ({config.n_layer} layers, {config.n_head} heads, "
-          f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} "
-          f"tokens, {args.new_tokens} new tokens, on {device} ({where})")
-
-    def ours(sampler, bf16=False):
-        """Our sampler on the benchmark batch at temperature 1, optionally under bf16 autocast."""
-        def sample():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                out = sampler(model, prompts, args.new_tokens, never, tok.pad_id, temperature=1.0,
-                              seeds=range(len(prompts)))
-            return out.mask.sum().item()
-        return sample
-
-    samplers = {"kv-cache": ours(generate), "full-recompute": ours(generate_naive)}
-    if device.type == "cuda":  # as training samples there
-        samplers["kv-cache, bf16 autocast"] = ours(generate, bf16=True)
-    if args.compare_hf and device.type != "cpu":
-        print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
-    elif args.compare_hf:
-        hf_sample, hf_params = _hf_sampler(config, prompts, tok.pad_id, args.new_tokens)
-        samplers["hf generate"] = hf_sample
-    rates = _benchmark(samplers, args.repeats, device)
-    for name, r in rates.items():
-        print(f"{name:>15}: {r:,.0f} sampled tokens/s"
-              + (f" (transformers GPT-2, {hf_params:,} params)" if name == "hf generate" else ""))
-    speed_up = rates["kv-cache"] / rates["full-recompute"]
-    print(f"speed-up (kv-cache / full-recompute): {speed_up:.1f}x")
-    if "hf generate" in rates:
-        print(f"kv-cache / hf generate: {rates['kv-cache'] / rates['hf generate']:.2f}x")

@@ -9,10 +9,11 @@ the loss is a named switch that one visible `if` reads.
     torchrun --standalone --nproc_per_node=2 nanorgra.py    # the same job over 2 processes
 
 Read top to bottom: the loss, one RL step (sample, score, advantages, learn), the warm start,
-evaluation, and the run loop. What is not the lesson lives apart: flags.py (the command line),
-rundir.py (the run directory, resume, checkpoints, caches, logs and figures),
-distributed.py (torchrun). REFERENCE.md has the equations, papers and pitfalls;
-experiments/ the sweep and the study.
+evaluation, and the run loop. What is not the lesson lives apart: flags.py (the command line and
+the switches' allowed values), rundir.py (the run directory, resume, checkpoints, caches, logs and
+figures), distributed.py (the device, and torchrun: the processes meet in sample_batch, rl_step's
+gather_step, learn and sample_texts only). REFERENCE.md has the equations, papers and pitfalls;
+experiments/ the sweep, the regime map, the confirmations and the study.
 
 Simplifications: full fine-tuning (no LoRA), an exact verifier, no value network. Every random
 draw of a step comes from generators seeded by (seed, step): a resumed run repeats the
@@ -25,7 +26,7 @@ import hashlib
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,8 +39,9 @@ from data.tasks import HABITS, LEVELS, OOD_LEVEL, RL_LEVEL, SKILLS, STEP_KINDS, 
     atom_check_steps, corpus_examples, load_test_set, prompt_text, test_exprs, train_problems, \
     worked_solution
 from data.tokenizer import get_tokenizer
-from distributed import gather_objects, gather_rows, my_share, rank, setup_device, \
+from distributed import gather_objects, gather_step, my_share, rank, setup_device, \
     sum_gradients_over_ranks, sum_over_ranks, teardown
+from flags import check_loss_config, switch
 from model import GPT, GPTConfig, Rollout, autocast, completion_logits, completion_logprobs, \
     generate, pack, PACK_LEN, pack_rows, packed_logprobs, token_entropy, token_logprobs
 from verifier import STYLE_NAMES, outcome_reward, solution_style
@@ -81,14 +83,6 @@ from verifier import STYLE_NAMES, outcome_reward, solution_style
 # mean-centred advantages, yet its gradient is not 0. (RGRA's loss value is not 0 either way; only
 # the gradient matters.) The same holds for gspo and cispo: at mu = 1 every ratio is 1, s_i too,
 # and no weight is clipped, so they differ from rgra only in their aggregation and beta.
-
-
-def switch(default, help, choices=None, above=None, at_least=None, below=None):
-    """A field of LossConfig: its default, the help of its command-line flag, and the values it
-    allows (one of choices, or a finite number > above, >= at_least, < below). flags.py makes one
-    flag per field from this."""
-    allowed = dict(help=help, choices=choices, above=above, at_least=at_least, below=below)
-    return field(default=default, metadata=allowed)
 
 
 @dataclass(frozen=True)
@@ -142,54 +136,9 @@ class LossConfig:
     grad_clip: float = switch(1.0, "max gradient norm (0 = off)", at_least=0)
 
     def __post_init__(self):
-        for f in fields(self):
-            check_switch(f.name, getattr(self, f.name), f.metadata)
-        # switches that cannot work together: (the combination, the field to name, the problem)
-        combinations = [
-            (self.clip and not self.ratio, "clip",
-             "needs ratio (clipping acts on the ratio): pass --ratio, or --no-clip"),
-            (self.ratio_level == "sequence" and not self.ratio, "ratio_level",
-             "sequence needs ratio (it is a level of the ratio): pass --ratio"),
-            (0 < self.clip_c <= 1, "clip_c",
-             f"must be 0 (off) or > 1 (the bound acts where rho > c; rho = 1 must stay free); "
-             f"got {self.clip_c}"),
-            (self.clip_c > 0 and not self.clip, "clip_c",
-             "needs clip (dual-clip bounds the clipped term): pass --clip"),
-            (self.clip_c > 0 and self.clip_mode != "ppo", "clip_c",
-             "needs clip_mode ppo (cispo's weight is bounded already)"),
-        ]
-        for cannot_work, name, problem in combinations:
-            if cannot_work:
-                raise SwitchError(name, problem)
-
-
-class SwitchError(ValueError):
-    """A LossConfig value that cannot work: .switch names its field, .problem says what is
-    wrong with it."""
-
-    def __init__(self, switch, problem):
-        super().__init__(f"{switch} {problem}")
-        self.switch = switch
-        self.problem = problem
-
-
-def check_switch(name, value, allowed):
-    """SwitchError unless value is one of allowed["choices"], or a finite number inside
-    allowed's bounds."""
-    if allowed["choices"] is not None:
-        if value not in allowed["choices"]:
-            choices = ", ".join(allowed["choices"])
-            raise SwitchError(name, f"must be one of {choices}; got {value!r}")
-        return
-    bounds = [(allowed["above"], "> {}", lambda x, b: x > b),
-              (allowed["at_least"], ">= {}", lambda x, b: x >= b),
-              (allowed["below"], "< {}", lambda x, b: x < b)]
-    bounds = [(bound, text, holds) for bound, text, holds in bounds if bound is not None]
-    if not bounds:
-        return
-    if not math.isfinite(value) or not all(holds(value, bound) for bound, _, holds in bounds):
-        rule = " and ".join(text.format(bound) for bound, text, _ in bounds)
-        raise SwitchError(name, f"must be a finite number {rule}; got {value!r}")
+        # flags.py: each field's allowed values, and the switches that cannot work together; a
+        # SwitchError names the field
+        check_loss_config(self)
 
 
 rgra = LossConfig()
@@ -386,34 +335,34 @@ def aggregate(loss, mask, agg, n_seqs, n_tokens, constant):
                      f"got {agg!r}")
 
 
-def entropy_bonus(entropy, mask, cfg, counts):
+def entropy_bonus(entropy, mask, cfg, denominators):
     """
     The entropy bonus (TRL entropy_coef, verl entropy_coeff), aggregated like the policy term:
       loss_it = -entropy_coef H_it,   H_it = -sum_v pi(v | q, o_i<t) log pi(v | q, o_i<t)
     H is the entropy of the whole next-token distribution at step t (model.token_entropy), not the
     -log pi of the sampled token; minimising -H spreads probability back over the tokens the policy
     is squeezing out. learn() adds it to rl_loss, because it needs the logits.
-    entropy, mask: (N, L); counts: as in rl_loss.
+    entropy, mask: (N, L); denominators: as in rl_loss.
     """
-    n_seqs, n_tokens = counts
+    n_seqs, n_tokens = denominators
     per_token = -cfg.entropy_coef * entropy  # (N, L)
     return aggregate(per_token, mask.float(), cfg.agg, n_seqs, n_tokens, cfg.agg_constant)
 
 
-def rl_loss(logp, rows, adv, ref_logp, cfg, counts):
+def rl_loss(logp, rollout, adv, ref_logp, cfg, denominators):
     """
     The loss of cfg (a LossConfig) on some completions: policy term + beta * KL, aggregated (the
     entropy bonus, which needs the logits, is added by learn()).
       logp:     (N, L) their log-probs under the policy being trained
-      rows:     their Rollout: the mask of real tokens, and the sampler's log-probs (old_logp)
+      rollout:  their Rollout: the mask of real tokens, and the sampler's log-probs (old_logp)
       adv:      (N,) their advantages
       ref_logp: (N, L) their log-probs under the frozen base; read only when beta > 0
-      counts:   (n_seqs, n_tokens) of the whole update, the denominators of aggregate()
+      denominators: (n_seqs, n_tokens) of the whole update, those of aggregate()
     Returns the loss and detached statistics of the ratio, as sums, for the logs.
     """
-    mask = rows.mask
+    mask = rollout.mask
     # padding holds any number: put logp there, so that exp(logp - old_logp) stays finite
-    old_logp = torch.where(mask, rows.logprobs, logp.detach())
+    old_logp = torch.where(mask, rollout.logprobs, logp.detach())
     ratio_logp, ratio_old_logp = logp, old_logp  # (N, L): rho = exp(ratio_logp - ratio_old_logp)
     if cfg.ratio_level == "sequence":  # GSPO: one ratio per completion, on all its tokens
         ratio_logp = sequence_logprobs(logp, mask)
@@ -433,7 +382,7 @@ def rl_loss(logp, rows, adv, ref_logp, cfg, counts):
     if cfg.beta > 0:
         ref_logp = torch.where(mask, ref_logp, logp.detach())
         per_token = per_token + cfg.beta * kl_estimate(logp, ref_logp, cfg.kl_estimator)
-    n_seqs, n_tokens = counts
+    n_seqs, n_tokens = denominators
     loss = aggregate(per_token, mask.float(), cfg.agg, n_seqs, n_tokens, cfg.agg_constant)
     rho = rho.detach()[mask]
     no_tokens = torch.ones((), device=rho.device)  # the largest ratio of no token: 1
@@ -445,23 +394,30 @@ def rl_loss(logp, rows, adv, ref_logp, cfg, counts):
 # -----------------------------------------------------------------------------
 # One RL step: sample, score, advantages, learn.
 #
-# Under torchrun each rank samples and scores its own share of the step's prompts; the rewards are
-# gathered so that every rank computes the same advantages, and learn() sums the gradients over the
-# ranks: the update is the one a single process makes on the whole batch (distributed.py).
+# Under torchrun (distributed.py) the processes meet in three places only: each samples and scores
+# its share of the step's prompts (sample_batch); gather_step then gives every process the whole
+# step's rows, so that the advantages, the minibatches and the metrics below are computed as by one
+# process; and learn() has each process compute its share of a minibatch's rows and sums the
+# gradients (and the statistics) over the processes. In one process every one of those calls
+# returns its input.
+
+# The random streams of a step (step_rngs): each kind of draw has its own, so that adding a draw of
+# one kind never shifts the others. The study adds its own streams above these.
+STREAMS = dict(skills=1, prompts=2, minibatches=3, habits=4)
 
 
 def step_rngs(seed, step, stream):
-    """Generators for one step, keyed by (seed, step, stream): no state to carry, so
-    resume is exact."""
+    """A numpy and a torch generator for one step, keyed by (seed, step, stream): no state to
+    carry, so resume is exact."""
     np_rng = np.random.default_rng([seed, step, stream])
     return np_rng, torch.Generator().manual_seed(int(np_rng.integers(2**62)))
 
 
 def sample_batch(policy, tok, args, step):
-    """This rank's share of the step's problems, and their completions: G samples each, or for sft
-    the gold worked solutions. Every prompt of the step gets its seed first, so its samples do not
-    depend on which rank draws them."""
-    np_rng, gen = step_rngs(args.seed, step, stream=2)
+    """The step's problems and their completions: G samples each, or for sft the gold worked
+    solutions. Under torchrun, this process's share of them (my_share): every prompt of the step
+    gets its seed first, so its samples do not depend on which process draws them."""
+    np_rng, gen = step_rngs(args.seed, step, STREAMS["prompts"])
     problems = train_problems(RL_LEVEL, args.prompts, np_rng)
     seeds = my_share(torch.randint(0, 2**62, (len(problems),), generator=gen).tolist())
     problems = my_share(problems)
@@ -475,11 +431,11 @@ def sample_batch(policy, tok, args, step):
     return problems, rollout
 
 
-def score_batch(tok, problems, batch, format_reward=0.0):
+def score_batch(tok, problems, rollout, format_reward=0.0):
     """(B, G) verifier rewards: 1 for the right final answer, plus format_reward for a well-formed
     answer line, right or wrong (--format-reward; the RGRA paper used 0.1); and the solution style
     of each completion (logs)."""
-    texts = decode_completions(tok, batch)
+    texts = decode_completions(tok, rollout)
     G = len(texts) // len(problems)
     rewards = torch.tensor([outcome_reward(t, problems[i // G], format_reward)
                             for i, t in enumerate(texts)])
@@ -487,11 +443,20 @@ def score_batch(tok, problems, batch, format_reward=0.0):
     return rewards.view(len(problems), G), styles
 
 
+def reference_logprobs(ref, rollout, args):
+    """(N, L) log-probs of the completions under the frozen base, for the KL term; None when
+    beta = 0, which skips the reference's forward."""
+    if args.loss.beta == 0:
+        return None
+    with torch.no_grad(), autocast(ref.device):
+        return completion_logprobs(ref, rollout, args.temperature)
+
+
 def advantages_for(rewards, cfg):
     """(B, G) rewards -> (B*G,) advantages and (B*G,) rows to learn from. RAFT and SFT are the
     REINFORCE term with advantage 1 on the rows they keep (and beta 0): cross-entropy on those rows,
-    no loss of their own. rewards are the whole step's (under torchrun too: rl_step gathers them),
-    so the batch statistics of REINFORCE++ are those of every rank's completions."""
+    no loss of their own. rewards are the whole step's, so the batch statistics of REINFORCE++ are
+    those of every completion of the step."""
     if cfg.objective == "pg":
         adv = group_advantages(rewards, cfg.baseline, cfg.std_norm, cfg.adv_sign, cfg.std_over)
     elif cfg.objective == "raft":
@@ -506,52 +471,45 @@ def advantages_for(rewards, cfg):
 
 @dataclass
 class Experience:
-    """One step's batch as learn() reads it. rollout, adv and ref_logp hold this process's rows
-    (every row in one process; under torchrun the completions of this rank's prompts). keep and
-    lengths cover every row of the step, numbered across ranks from 0, so that every rank draws the
-    same minibatches."""
+    """One step's batch of experience, as learn() reads it: every completion of the step."""
 
     rollout: Rollout  # prompts, completions (N, L), their mask, the sampler's log-probs (old_logp)
     adv: torch.Tensor  # (N,) the advantage of each completion
     ref_logp: torch.Tensor | None  # (N, L) log-probs under the frozen base; None when beta = 0
     temperature: float  # the sampling temperature: the loss takes log-probs at it too (pitfall 9)
-    keep: torch.Tensor  # (B*G,) bool: the rows to learn from, every rank's
-    lengths: torch.Tensor  # (B*G,) completion lengths in tokens, every rank's
-    first: int = 0  # the number of this process's first row
-
-    def own(self, rows):
-        """Which of rows (numbered across ranks) this process holds, as indices into its rollout."""
-        mine = (rows >= self.first) & (rows < self.first + len(self.adv))
-        return rows[mine] - self.first
+    keep: torch.Tensor  # (N,) bool: the rows to learn from
 
 
-def learn(policy, opt, exp, cfg, gen):
+def learn(policy, opt, experience, cfg, gen):
     """
-    The algorithm: mu passes over the rows to learn from (exp, an Experience), each split into
-    cfg.minibatches optimizer steps, each accumulated over micro-batches whose denominators count
-    the whole minibatch (pitfall 10). Under torchrun a rank computes the loss of its own rows of the
-    minibatch, and the gradients are summed over ranks before the optimizer step. Returns the summed
-    loss statistics and each step's gradient norm.
+    The algorithm: mu passes over the rows to learn from, each split into cfg.minibatches
+    optimizer steps, each accumulated over micro-batches whose denominators count the whole
+    minibatch (pitfall 10). Under torchrun each process computes the loss of its share of the
+    minibatch's rows (my_share) and the gradients are summed over the processes before the
+    optimizer step (sum_gradients_over_ranks): every process takes the same step. Returns the
+    summed loss statistics and each step's gradient norm.
     """
     records, norms = [], []
-    kept = exp.keep.nonzero().flatten()  # (K,) row numbers, the same on every rank
+    mask = experience.rollout.mask  # (N, L)
+    kept = experience.keep.nonzero().flatten()  # (K,) row numbers
     for _ in range(cfg.mu if len(kept) else 0):
         order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)]
         for minibatch in order.chunk(cfg.minibatches):
-            # the denominators (n_seqs, n_tokens) count the whole minibatch, every rank's rows
-            counts = (len(minibatch), exp.lengths[minibatch].sum().item())
-            mine = exp.own(minibatch)
+            # the denominators of aggregate(): the sequences and tokens of the whole minibatch
+            denominators = (len(minibatch), mask[minibatch].sum().item())
+            my_rows = my_share(minibatch)  # one process: all of them
             opt.zero_grad(set_to_none=True)
-            for micro in mine.split(cfg.micro_batch or max(len(mine), 1)):
-                rows = exp.rollout.rows(micro)
-                ref_logp = None if exp.ref_logp is None else exp.ref_logp[micro]
+            for micro in my_rows.split(cfg.micro_batch or max(len(my_rows), 1)):
+                part = experience.rollout.rows(micro)  # a Rollout of the micro-batch's rows
+                ref_logp = None if experience.ref_logp is None else experience.ref_logp[micro]
                 with autocast(policy.device):
-                    logits = completion_logits(policy, rows)  # (n, L, V): the one forward
-                    logp = token_logprobs(logits, rows.tokens, exp.temperature)  # (n, L)
-                loss, stats = rl_loss(logp, rows, exp.adv[micro], ref_logp, cfg, counts)
+                    logits = completion_logits(policy, part)  # (n, L, V): the one forward
+                    logp = token_logprobs(logits, part.tokens, experience.temperature)  # (n, L)
+                adv = experience.adv[micro]
+                loss, stats = rl_loss(logp, part, adv, ref_logp, cfg, denominators)
                 if cfg.entropy_coef > 0:  # the bonus reads the whole next-token distribution
-                    entropy = token_entropy(logits, exp.temperature)  # (n, L)
-                    loss = loss + entropy_bonus(entropy, rows.mask, cfg, counts)
+                    entropy = token_entropy(logits, experience.temperature)  # (n, L)
+                    loss = loss + entropy_bonus(entropy, part.mask, cfg, denominators)
                 loss.backward()
                 records.append(dict(stats, loss=loss.detach()))
             sum_gradients_over_ranks(policy)
@@ -565,104 +523,99 @@ def learn(policy, opt, exp, cfg, gen):
 
 def learn_stats(records, norms):
     """learn()'s statistics: the micro-batches' sums added up (in float64, one .item() each, not one
-    per micro-batch), the largest ratio, and the gradient norm of every optimizer step."""
-    if not records:
-        return dict(tokens=0, ratio_sum=0.0, clipped=0, loss=0.0, ratio_max=1.0, norms=norms)
-    stats = {key: torch.stack([r[key] for r in records]).double().sum().item()
-             for key in ("tokens", "ratio_sum", "clipped", "loss")}
-    stats["ratio_max"] = torch.stack([r["ratio_max"] for r in records]).max().item()
-    return dict(stats, norms=norms)
+    per micro-batch) and, under torchrun, over the processes (sum_over_ranks); the largest ratio;
+    and the gradient norm of every optimizer step."""
+    sums = dict(tokens=0, ratio_sum=0.0, clipped=0, loss=0.0)
+    ratio_max = 1.0  # the largest ratio of no token
+    if records:
+        sums = {key: torch.stack([r[key] for r in records]).double().sum().item() for key in sums}
+        ratio_max = torch.stack([r["ratio_max"] for r in records]).max().item()
+    sums = sum_over_ranks(sums)
+    ratio_max = sum_over_ranks(dict(ratio_max=ratio_max), op="max")["ratio_max"]
+    return dict(sums, ratio_max=ratio_max, norms=norms)
 
 
 def rl_step(policy, ref, opt, tok, args, step):
     """Sample, score, compute advantages, learn. Returns the step's metrics row."""
     t0 = time.perf_counter()
-    problems, rollout = sample_batch(policy, tok, args, step)  # this rank's share of the prompts
+    problems, rollout = sample_batch(policy, tok, args, step)
     t1 = time.perf_counter()
-    rewards, styles = score_batch(tok, problems, rollout, args.format_reward)  # (B_rank, G)
-    all_rewards = gather_rows(rewards.to(policy.device))  # (B, G): the whole step's, on every rank
-    adv, keep = advantages_for(all_rewards, args.loss)  # (B*G,) each
-    ref_logp = None  # the frozen base's log-probs: only the KL term reads them; beta = 0 skips them
-    if args.loss.beta > 0:
-        with torch.no_grad(), autocast(policy.device):
-            ref_logp = completion_logprobs(ref, rollout, args.temperature)
-    first = rank() * rewards.numel()
-    mine = slice(first, first + rewards.numel())
-    lengths = gather_rows(rollout.mask.sum(1))
-    exp = Experience(rollout, adv[mine], ref_logp, args.temperature, keep, lengths, first)
+    rewards, styles = score_batch(tok, problems, rollout, args.format_reward)  # (B, G)
+    ref_logp = reference_logprobs(ref, rollout, args)  # (N, L) or None
+    # under torchrun: every process's rows, on every process (one process: as they are)
+    rollout, rewards, styles, ref_logp = gather_step(rollout, rewards.to(policy.device), styles,
+                                                     ref_logp, tok.pad_id)
+    adv, keep = advantages_for(rewards, args.loss)  # (B*G,) each
+    experience = Experience(rollout, adv, ref_logp, args.temperature, keep)
     t2 = time.perf_counter()
-    learned = learn(policy, opt, exp, args.loss, step_rngs(args.seed, step, stream=3)[1])
+    minibatch_gen = step_rngs(args.seed, step, STREAMS["minibatches"])[1]
+    learned = learn(policy, opt, experience, args.loss, minibatch_gen)
     times = dict(t_sample=t1 - t0, t_score=t2 - t1, t_learn=time.perf_counter() - t2)
-    return step_metrics(step, all_rewards, styles, exp, learned, times)
+    return step_metrics(step, rewards, styles, experience, learned, times)
 
 
-# Everything logged about one step, in one place: step_metrics and its parts. Sums over this
-# rank's rows are added over the ranks (sum_over_ranks) before they are divided, so every rank
-# logs the whole step's numbers.
+# Everything logged about one step, in one place: step_metrics and its parts.
 
 
-def step_metrics(step, rewards, styles, exp, learned, times):
+def step_metrics(step, rewards, styles, experience, learned, times):
     """The metrics row of one step (metrics.jsonl): rewards and advantages, the sampled tokens, the
     updates, the styles of the samples, and where the time went."""
     row = dict(step=step)
-    row.update(reward_metrics(rewards, exp))
-    row.update(token_metrics(exp))
+    row.update(reward_metrics(rewards, experience))
+    row.update(token_metrics(experience))
     row.update(update_metrics(learned))
     row["styles"] = style_shares(styles)
     row.update(times)
     return row
 
 
-def reward_metrics(rewards, exp):
-    """rewards: (B, G), the whole step's. Mean reward, share right, share of zero-variance groups,
-    the advantages' mean and std, and the share of rows learned from."""
-    adv = gather_rows(exp.adv)  # (B*G,)
+def reward_metrics(rewards, experience):
+    """rewards: (B, G). Mean reward, share right, share of zero-variance groups, the advantages'
+    mean and std, and the share of rows learned from."""
+    adv = experience.adv  # (B*G,)
     return dict(reward=rewards.mean().item(),
                 batch_acc=(rewards >= 1).float().mean().item(),
                 zero_var=zero_variance_groups(rewards).float().mean().item(),
                 adv_mean=adv.mean().item(),
                 adv_std=adv.std().item() if adv.numel() > 1 else 0.0,
-                kept=exp.keep.float().mean().item())
+                kept=experience.keep.float().mean().item())
 
 
-def token_metrics(exp):
+def token_metrics(experience):
     """Means over the sampled tokens: KL to the base (k3, when beta > 0 had its log-probs computed)
     and the entropy estimate -log pi; and the mean completion length. sft (gold text) has no
     samples for either."""
-    rollout = exp.rollout
+    rollout = experience.rollout
     mask = rollout.mask.float()
     sampled = bool(rollout.logprobs.any())  # given text (sft) has log-probs 0: nothing was sampled
-    kl = kl_estimate(rollout.logprobs, exp.ref_logp, "k3") if exp.ref_logp is not None else None
-    sums = sum_over_ranks(dict(
-        tokens=mask.sum(),
-        rows=torch.tensor(float(len(mask)), device=mask.device),
-        entropy=(-rollout.logprobs * mask).sum(),
-        kl=(kl * mask).sum() if kl is not None else torch.zeros((), device=mask.device)))
-    return dict(kl=sums["kl"] / sums["tokens"] if kl is not None else None,
-                entropy=sums["entropy"] / sums["tokens"] if sampled else None,
-                resp_len=sums["tokens"] / sums["rows"])
+    tokens = float(mask.sum())
+    entropy = float((-rollout.logprobs * mask).sum())
+    kl = None
+    if experience.ref_logp is not None:
+        kl = float((kl_estimate(rollout.logprobs, experience.ref_logp, "k3") * mask).sum())
+    return dict(kl=kl / tokens if kl is not None else None,
+                entropy=entropy / tokens if sampled else None,
+                resp_len=tokens / float(len(mask)))
 
 
 def update_metrics(learned):
     """The updates learn() made: how many, the mean and largest ratio over the trained tokens, the
     share of tokens where the clipped term acted, the loss per update and the largest
     gradient norm."""
-    sums = sum_over_ranks({key: learned[key] for key in ("tokens", "ratio_sum", "clipped", "loss")})
-    ratio_max = sum_over_ranks(dict(ratio_max=learned["ratio_max"]), op="max")["ratio_max"]
-    tokens = sums["tokens"] or 1
+    tokens = learned["tokens"] or 1
     updates = len(learned["norms"])
-    return dict(ratio_mean=sums["ratio_sum"] / tokens,
-                clip_frac=sums["clipped"] / tokens,
-                ratio_max=ratio_max,
+    return dict(ratio_mean=learned["ratio_sum"] / tokens,
+                clip_frac=learned["clipped"] / tokens,
+                ratio_max=learned["ratio_max"],
                 updates=updates,
-                loss=sums["loss"] / max(updates, 1),
+                loss=learned["loss"] / max(updates, 1),
                 grad_norm=max(learned["norms"], default=0.0))
 
 
 def style_shares(styles):
     """The share of the step's completions written in each style (verifier.solution_style)."""
-    counts = Counter(gather_objects(styles))
-    return {s: counts[s] / sum(counts.values()) for s in STYLE_NAMES}
+    tally = Counter(styles)
+    return {s: tally[s] / sum(tally.values()) for s in STYLE_NAMES}
 
 
 # -----------------------------------------------------------------------------
@@ -682,8 +635,8 @@ class Stage(NamedTuple):
 
 def warm_stages(args):
     """The two stages of the warm start (experiments/study.py replays their draws)."""
-    return (Stage("skills", SKILLS, args.skill_steps, args.skill_lr, 1),
-            Stage("habits", HABITS, args.habit_steps, args.habit_lr, 4))
+    return (Stage("skills", SKILLS, args.skill_steps, args.skill_lr, STREAMS["skills"]),
+            Stage("habits", HABITS, args.habit_steps, args.habit_lr, STREAMS["habits"]))
 
 
 def supervised_step(model, opt, batch, grad_clip=1.0):
@@ -770,22 +723,23 @@ class Sampling(NamedTuple):
 
 
 @torch.no_grad()
-def sample_texts(model, tok, prompts, how, seed=0):
-    """how.k completions per prompt text, as texts (prompt-major), and their lengths in tokens
-    (EOS included). Prompt i's samples are seeded by seed + i, so neither the chunking nor the
-    ranks change them."""
-    numbered = my_share(list(enumerate(prompts)))  # this rank's prompts, with their numbers
-    per_chunk = max(1, SAMPLE_ROWS // how.k)
+def sample_texts(model, tok, prompts, sampling, seed=0):
+    """sampling.k completions per prompt text (a Sampling), as texts (prompt-major), and their
+    lengths in tokens (EOS included). Prompt i's samples are seeded by seed + i, so neither the
+    chunking nor the processes change them. Under torchrun each process samples its share of the
+    prompts (my_share) and the texts are gathered (gather_objects)."""
+    numbered = my_share(list(enumerate(prompts)))  # this process's prompts, with their numbers
+    per_chunk = max(1, SAMPLE_ROWS // sampling.k)
     texts, lengths = [], []
     for i in range(0, len(numbered), per_chunk):
         chunk = numbered[i:i + per_chunk]
         ids = [tok.encode(p) for _, p in chunk]
         seeds = [seed + j for j, _ in chunk]
         with autocast(model.device):
-            r = generate(model, ids, how.max_new_tokens, tok.eos_id, tok.pad_id, how.k,
-                         how.temperature, seeds=seeds)
-        texts += decode_completions(tok, r)
-        lengths += r.mask.sum(1).tolist()
+            rollout = generate(model, ids, sampling.max_new_tokens, tok.eos_id, tok.pad_id,
+                               sampling.k, sampling.temperature, seeds=seeds)
+        texts += decode_completions(tok, rollout)
+        lengths += rollout.mask.sum(1).tolist()
     return gather_objects(texts), gather_objects(lengths)
 
 
@@ -830,13 +784,13 @@ def pass_at_k(model, tok, level, n, k_max, max_new_tokens):
 def evaluate_all(model, tok, args, full=True):
     """Greedy on the RL and OOD levels; with full (base and final), also the RL level's
     atoms and pass@k."""
-    ev = {level: evaluate(model, tok, level, args.eval_n, args.max_new_tokens)
-          for level in (RL_LEVEL, OOD_LEVEL)}
+    results = {level: evaluate(model, tok, level, args.eval_n, args.max_new_tokens)
+               for level in (RL_LEVEL, OOD_LEVEL)}
     if full:
-        ev[RL_LEVEL]["steps"] = step_accuracy(model, tok, RL_LEVEL, args.max_new_tokens)
-        ev[RL_LEVEL]["pass@k"] = pass_at_k(model, tok, RL_LEVEL, args.pass_n, args.pass_k,
-                                           args.max_new_tokens)
-    return ev
+        results[RL_LEVEL]["steps"] = step_accuracy(model, tok, RL_LEVEL, args.max_new_tokens)
+        results[RL_LEVEL]["pass@k"] = pass_at_k(model, tok, RL_LEVEL, args.pass_n, args.pass_k,
+                                               args.max_new_tokens)
+    return results
 
 
 def base_evaluation(base, tok, args, base_path):

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import re
 import zlib
 from pathlib import Path
@@ -564,14 +565,16 @@ def _test_exprs(names):
 
 
 def write_test_sets():
-    """Regenerate every level's test set file; returns {level name: number of problems}."""
-    from rundir import write_atomic  # imported here: rundir.py reads this module's levels
-
+    """Regenerate every level's test set file; returns {level name: number of problems}. Each file
+    is written whole or not at all: to a temporary file, then renamed over the old one."""
     counts = {}
     for name in TESTED_LEVELS:
         problems = generate_test_set(name)
         rows = [json.dumps({"expr": p.expr, "answer": p.answer}) + "\n" for p in problems]
-        write_atomic(test_set_path(name), "".join(rows))
+        path = test_set_path(name)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text("".join(rows))
+        os.replace(temporary, path)
         counts[name] = len(problems)
     _read_test_set.cache_clear()
     _test_exprs.cache_clear()

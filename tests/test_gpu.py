@@ -129,7 +129,7 @@ def test_loss_gradients_under_bf16_on_the_gpu_match_the_float32_cpu_ones(trained
             ref_logp = completion_logprobs(model, batch, 1.0)
         adv, keep = nanorgra.advantages_for(rewards.to(device), cfg)
         opt = RecordingSGD(model.parameters())
-        exp = nanorgra.Experience(batch, adv, ref_logp, 1.0, keep, batch.mask.sum(1))
+        exp = nanorgra.Experience(batch, adv, ref_logp, 1.0, keep)
         nanorgra.learn(model, opt, exp, cfg, torch.Generator().manual_seed(0))
         grads.append(opt.grads[0].double())
     cpu, gpu = grads

@@ -83,7 +83,7 @@ def run_learn(model, rollout, cfg, lr=0.0, adv=None, keep=None):
     opt = RecordingSGD(policy.parameters(), lr=lr)
     if adv is None:
         adv, keep = nanorgra.advantages_for(REWARDS, cfg)
-    exp = nanorgra.Experience(rollout, adv, ref_logp, 1.0, keep, rollout.mask.sum(1))
+    exp = nanorgra.Experience(rollout, adv, ref_logp, 1.0, keep)
     learned = nanorgra.learn(policy, opt, exp, cfg, torch.Generator().manual_seed(0))
     stats = dict(clipped=learned["clipped"], ratio_max=learned["ratio_max"],
                  loss=learned["loss"] / len(learned["norms"]))

@@ -161,7 +161,7 @@ def test_every_loss_switch_is_a_flag_whose_help_is_its_fields_metadata():
 
 
 def test_a_bad_switch_value_names_its_field_as_data_not_only_in_the_message():
-    with pytest.raises(nanorgra.SwitchError) as e:
+    with pytest.raises(flags.SwitchError) as e:
         replace(nanorgra.PRESETS["grpo"], eps_low=1.5)
     assert e.value.switch == "eps_low" and "< 1" in e.value.problem
 

@@ -402,7 +402,7 @@ def learn_grads(model, rollout, cfg, adv, temperature=1.0, lr=0.0):
             ref_logp = completion_logprobs(model, rollout, temperature)
     opt = RecordingSGD(policy.parameters(), lr=lr)
     keep = torch.ones(len(adv), dtype=torch.bool)
-    exp = nanorgra.Experience(rollout, adv, ref_logp, temperature, keep, rollout.mask.sum(1))
+    exp = nanorgra.Experience(rollout, adv, ref_logp, temperature, keep)
     learned = nanorgra.learn(policy, opt, exp, cfg, torch.Generator().manual_seed(0))
     return opt.grads, learned
 
@@ -552,7 +552,7 @@ def test_every_new_switch_is_off_in_the_default_and_in_the_six_old_presets():
     (dict(entropy_coef=math.nan), "entropy_coef"),
 ])
 def test_a_new_switch_that_cannot_work_on_rgra_is_refused_naming_its_field(switches, name):
-    with pytest.raises(nanorgra.SwitchError) as e:
+    with pytest.raises(flags.SwitchError) as e:
         replace(nanorgra.PRESETS["rgra"], **switches)
     assert e.value.switch == name
 
@@ -560,7 +560,7 @@ def test_a_new_switch_that_cannot_work_on_rgra_is_refused_naming_its_field(switc
 @pytest.mark.parametrize("preset,c", [("grpo", 1.0), ("grpo", 0.5), ("grpo", -1.0),
                                       ("grpo", math.inf), ("cispo", 3.0)])
 def test_dual_clip_c_must_be_above_1_on_a_ppo_clip(preset, c):
-    with pytest.raises(nanorgra.SwitchError) as e:
+    with pytest.raises(flags.SwitchError) as e:
         replace(nanorgra.PRESETS[preset], clip_c=c)
     assert e.value.switch == "clip_c"
 

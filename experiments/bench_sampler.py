@@ -1,0 +1,168 @@
+"""
+experiments/bench_sampler.py: check the KV-cache sampler (model.generate) against the full recompute
+(model.generate_naive) and measure both, in sampled tokens per second.
+
+    python experiments/bench_sampler.py                  # 256 rows of mix3 prompts, 64 new tokens
+    python experiments/bench_sampler.py --compare-hf     # also transformers' generate() (CPU)
+    python experiments/bench_sampler.py --device cuda    # on a GPU, with a bf16-autocast row
+
+The self-check first: the same 8 prompts x 2 samples from both samplers must give the same tokens
+and log-probs (in float32 on the device; tests/test_gpu.py checks bf16 on CUDA, where a near-tie
+between two tokens may be decided differently). Then the timing: every row runs for the whole
+budget (an EOS id outside the vocabulary), the samplers take turns over --repeats rounds so that
+load from other processes hits them alike, and the best round of each is reported.
+
+Where the sampler's time went on the CPU (torch.profiler, measured when this was `python model.py`):
+with SDPA in the one-token decode step, half of it went to that attention (2-3.5 ms per layer and
+step at one thread: one tiny matrix product per row and head) and a third to the linear layers.
+GPT.decode_step now writes attention as elementwise products and sums streaming through a
+slot-major cache (slot s of every row is one contiguous block), a scratch buffer takes the products,
+and the mask is built once per step (and not at all when nothing is padding): that attention takes
+about 1 ms per layer and step at one thread (0.7 at two), bound by reading the cache from memory,
+and the linear layers are the largest share (~40%). Dropping finished rows matters for RL batches,
+whose rows end at very different steps.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+import numpy as np
+import torch
+
+from data.tasks import LEVELS, RL_LEVEL, prompt_text, sample_problems
+from data.tokenizer import get_tokenizer
+from distributed import pick_device
+from model import GPT, GPTConfig, completion_logprobs, generate, generate_naive, left_pad
+
+# An EOS id outside the vocabulary keeps every row running for the full budget: a fixed-length
+# timing.
+NEVER = -1
+
+
+def self_check(model, prompts, pad_id):
+    """The KV cache changes the cost, not the result: the same tokens and log-probs as the full
+    recompute, and the sampler's log-probs equal to the training forward's. Returns the largest
+    |sampler - training| log-prob difference."""
+    few = prompts[:8]
+    a = generate(model, few, 16, NEVER, pad_id, num_samples=2, seeds=range(8))
+    b = generate_naive(model, few, 16, NEVER, pad_id, num_samples=2, seeds=range(8))
+    assert torch.equal(a.tokens, b.tokens), "KV-cache and full-recompute samples differ"
+    same_logprobs = torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
+    assert same_logprobs, "KV-cache and full-recompute log-probs differ"
+    with torch.no_grad():
+        logp = completion_logprobs(model, a, 1.0)
+    return (logp - a.logprobs).abs().max().item()
+
+
+def timed_rates(samplers, repeats, device):
+    """Sampled tokens per second of each sampler (name -> a function that samples the batch and
+    returns how many tokens it sampled), from the best of `repeats` timings. The samplers take
+    turns (A, B, C, A, B, C, ...) so that load from other processes hits them alike."""
+    best, tokens = {}, {}
+    for _ in range(repeats):
+        for name, sample in samplers.items():
+            t0 = time.perf_counter()
+            tokens[name] = sample()
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: wait for them first
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    return {name: tokens[name] / best[name] for name in samplers}
+
+
+def our_sampler(sampler, model, prompts, pad_id, new_tokens, bf16=False):
+    """One of our samplers on the benchmark batch at temperature 1, optionally under bf16
+    autocast, as a function for timed_rates."""
+    def sample():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            out = sampler(model, prompts, new_tokens, NEVER, pad_id, temperature=1.0,
+                          seeds=range(len(prompts)))
+        return out.mask.sum().item()
+    return sample
+
+
+def hf_sampler(config, prompts, pad_id, max_new_tokens):
+    """Hugging Face transformers' generate() (KV cache on, sampling, top-k off) on a GPT-2 of the
+    same size and the same left-padded batch, as a function for timed_rates; and its parameter
+    count. transformers is not a dependency of nanoRGRA: this runs only where it is installed."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
+                           n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                           bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
+    hf = GPT2LMHeadModel(hf_config).eval()
+    idx, valid = left_pad(prompts, pad_id, "cpu")
+
+    def sample():
+        # min_new_tokens keeps every row running, like the EOS-free timing of ours
+        with torch.no_grad():
+            out = hf.generate(input_ids=idx, attention_mask=valid.long(), do_sample=True, top_k=0,
+                              use_cache=True, max_new_tokens=max_new_tokens,
+                              min_new_tokens=max_new_tokens)
+        return (out.size(1) - idx.size(1)) * out.size(0)
+
+    return sample, sum(p.numel() for p in hf.parameters())
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=256, help="rows sampled at once (256)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (64)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats, the samplers taking turns; the best is reported (3)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
+    p.add_argument("--compare-hf", action="store_true",
+                   help="also time transformers' GPT-2 generate() at the same size "
+                        "(needs transformers)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok = get_tokenizer()
+    device = pick_device(args.device)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=128)
+    model = GPT(config, seed=0).to(device).eval()
+    problems = sample_problems(LEVELS[RL_LEVEL], args.batch, np.random.default_rng(0))
+    prompts = [tok.encode(prompt_text(p)) for p in problems]
+
+    gap = self_check(model, prompts, tok.pad_id)
+    print(f"self-check ok on {device}: KV-cache == full recompute; sampler vs training log-probs "
+          f"max |diff| = {gap:.2e}")
+    lens = [len(p) for p in prompts]
+    where = torch.cuda.get_device_name() if device.type == "cuda" else \
+        f"{torch.get_num_threads()} threads"
+    print(f"model: {model.num_params():,} params ({config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_embd} dims), batch {args.batch} rows, prompts {min(lens)}-{max(lens)} "
+          f"tokens, {args.new_tokens} new tokens, on {device} ({where})")
+
+    samplers = {"kv-cache": our_sampler(generate, model, prompts, tok.pad_id, args.new_tokens),
+                "full-recompute": our_sampler(generate_naive, model, prompts, tok.pad_id,
+                                              args.new_tokens)}
+    if device.type == "cuda":  # as training samples there
+        samplers["kv-cache, bf16 autocast"] = our_sampler(generate, model, prompts, tok.pad_id,
+                                                          args.new_tokens, bf16=True)
+    hf_params = None
+    if args.compare_hf and device.type != "cpu":
+        print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
+    elif args.compare_hf:
+        samplers["hf generate"], hf_params = hf_sampler(config, prompts, tok.pad_id,
+                                                        args.new_tokens)
+    rates = timed_rates(samplers, args.repeats, device)
+    for name, rate in rates.items():
+        note = f" (transformers GPT-2, {hf_params:,} params)" if name == "hf generate" else ""
+        print(f"{name:>15}: {rate:,.0f} sampled tokens/s{note}")
+    print(f"speed-up (kv-cache / full-recompute): "
+          f"{rates['kv-cache'] / rates['full-recompute']:.1f}x")
+    if "hf generate" in rates:
+        print(f"kv-cache / hf generate: {rates['kv-cache'] / rates['hf generate']:.2f}x")
+    return rates
+
+
+if __name__ == "__main__":
+    main()

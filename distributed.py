@@ -42,10 +42,16 @@ TIMEOUT = datetime.timedelta(hours=2)
 
 
 def setup_device(args):
-    """The device this process computes on, after --threads; under torchrun, its rank's device
-    (CUDA: the GPU numbered LOCAL_RANK), and the process group joined: NCCL on CUDA, gloo on CPU."""
+    """The device this process computes on, after --threads and --deterministic; under torchrun,
+    its rank's device (CUDA: the GPU numbered LOCAL_RANK), and the process group joined: NCCL on
+    CUDA, gloo on CPU."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.deterministic:
+        # cuBLAS reads this before its first matrix product: a fixed workspace, so that its sums
+        # run in one order; torch then refuses any op that has no deterministic kernel
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(args.deterministic)
     device = pick_device(args.device)
     if "RANK" not in os.environ:  # started without torchrun: one process
         return device
@@ -181,6 +187,16 @@ def sum_over_ranks(values, op="sum"):
         flat = flat.to(_comm_device())
         dist.all_reduce(flat, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return dict(zip(names, flat.tolist()))
+
+
+def sum_rows_over_ranks(tensor):
+    """A tensor added up over the ranks: each rank fills its own rows, zeros elsewhere, and every
+    rank gets all of them."""
+    if not is_distributed():
+        return tensor
+    total = tensor.to(_comm_device())
+    dist.all_reduce(total)
+    return total.to(tensor.device)
 
 
 def sum_gradients_over_ranks(model):

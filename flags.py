@@ -13,8 +13,12 @@ import math
 from dataclasses import field, fields, replace
 from typing import NamedTuple
 
-from data.tasks import RL_LEVEL, TEST_SET_SIZE, load_test_set, worked_solution
+import torch
+
+from data.tasks import OOD_LEVEL, RL_LEVEL, TEST_SET_SIZE, load_test_set, prompt_text, \
+    worked_solution
 from distributed import processes_started
+from model import PRECISIONS, GPTConfig
 
 
 class Flag(NamedTuple):
@@ -155,6 +159,17 @@ def build_parser(presets):
                         help="continue the run in --out-dir from its checkpoint")
     either.add_argument("--overwrite", action="store_true",
                         help="delete the run in --out-dir and start again")
+    a.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fp32: float32 everywhere | bf16: the linear layers under bf16 autocast "
+                        "(on a GPU with native bf16, or the CPU), the attention, the head and the "
+                        "log-probs in float32 (fp32)")
+    a.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (torch.use_deterministic_algorithms, "
+                        "CUBLAS_WORKSPACE_CONFIG): on CUDA, the same seed gives the same run; "
+                        "the CPU run is deterministic without it")
+    a.add_argument("--compile", action="store_true",
+                   help="the sampler's decode step through torch.compile (the same samples; "
+                        "the first steps wait for the compiler)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: cuda, mps, cpu")
     a.add_argument("--base-dir", default="runs/bases",
@@ -207,6 +222,38 @@ def run_problems(args):
     if args.prompts % processes_started():
         return (f"--prompts ({args.prompts}) must be a multiple of the number of processes "
                 f"({processes_started()})")
+    return length_problem(args) or device_problem(args)
+
+
+def length_problem(args):
+    """A completion budget beyond the model's positions: prompt and completion share the
+    block_size positions of the position table, so the longest prompt the run poses leaves
+    block_size - its length."""
+    block_size = GPTConfig().block_size
+    longest = max(len(prompt_text(p)) for level in (RL_LEVEL, OOD_LEVEL)  # one token a character
+                  for p in load_test_set(level))
+    if longest + args.max_new_tokens > block_size:
+        return (f"--max-new-tokens {args.max_new_tokens}: the model has {block_size} positions "
+                f"and the longest prompt it is asked ({OOD_LEVEL}) takes {longest}, so at most "
+                f"{block_size - longest} tokens can follow")
+    return None
+
+
+def device_problem(args):
+    """A device that is not there, or bf16 where it would be emulated."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return (f"--device cuda: torch {torch.__version__} finds no CUDA device (a CPU build of "
+                f"torch, or no GPU here); pass --device cpu, or install a CUDA build of torch")
+    if args.device == "mps" and not torch.backends.mps.is_available():
+        return "--device mps: torch finds no Apple GPU (MPS) here; pass --device cpu"
+    uses_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    native_bf16 = uses_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    if args.precision == "bf16" and uses_cuda and not native_bf16:
+        return (f"--precision bf16: {torch.cuda.get_device_name()} has no native bf16 (before "
+                f"Ampere), so it would be emulated, slowly; keep --precision fp32")
+    if args.precision == "bf16" and (args.device == "mps" or (
+            args.device == "auto" and not uses_cuda and torch.backends.mps.is_available())):
+        return "--precision bf16 runs on CUDA or the CPU, not on MPS; keep --precision fp32"
     return None
 
 

@@ -7,8 +7,9 @@ What is here, top to bottom:
      (padding is never attended to, and every row's positions start at 0 on its first real token),
      or `segments` for rows that pack several examples.
   2. token_logprobs, token_entropy and completion_logprobs: log pi(target | prefix) at a
-     temperature, the quantity the RL loss is built from; autocast (bf16 on CUDA, float32
-     elsewhere).
+     temperature, the quantity the RL loss is built from. The forward runs in float32, or with
+     precision "bf16" its linear layers under bf16 autocast (the attention, the head and the
+     log-probs stay float32, in the sampler and the trainer alike).
   3. Packed rows (pack_rows): several examples one after another in a row, with a block-diagonal
      causal mask, as supervised training reads them: compute is spent on tokens, not padding.
   4. generate: a batched sampler with a KV cache. Prompts of different lengths are left-padded;
@@ -27,6 +28,7 @@ prompt length + max_new_tokens.
 experiments/bench_sampler.py checks the sampler against the full recompute and measures it.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -69,17 +71,15 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer][start:S] = v.permute(2, 0, 1, 3).reshape(T, B, C)
             k = cache.k[layer][:S].view(S, B, self.n_head, hs).permute(1, 2, 0, 3)  # (B, nh, S, hs)
             v = cache.v[layer][:S].view(S, B, self.n_head, hs).permute(1, 2, 0, 3)  # (B, nh, S, hs)
-        if attn_mask is None:  # no padding, no cache: the fused causal path
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # attn_mask: (B, 1, T, S) bool, True = may attend
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = attention(q, k, v, attn_mask)  # (B, nh, T, hs), float32
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
     def decode(self, x, cache, layer, slot, bias):
         """
         The sampler's step: x (N, C) holds each row's newest token; its key and value go to cache
-        slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1) 0 or -inf, or None.
+        slot `slot`, and its query attends over slots [0, slot]. bias: (S, N, 1), 0 on real tokens
+        and -inf on the prompts' left padding, or None where no prompt is padded.
         With one query per row, attention is a dot product per (slot, row, head), written here as
         elementwise products and sums that stream once through the slot-major cache. SDPA's CPU
         kernel and a batched matmul run a tiny matrix product per (row, head) instead, and took
@@ -96,9 +96,12 @@ class CausalSelfAttention(nn.Module):
         # the products go to one buffer that every layer and step reuses: a fresh temporary, a
         # little larger every step, would be new memory for the OS to page in every time
         prod = cache.scratch[:S * N * C].view(S, N, nh, hs)
-        # float(): a no-op in float32; under bf16 autocast, it keeps the products and sums float32.
+        # under bf16 q is widened, so that the products and sums are float32, as in the trainer's
+        # attention (attention() below).
         # The 1/sqrt(hs) goes on q: N*C numbers rather than S*N*nh scores.
-        q = q.float().view(N, nh, hs) * hs ** -0.5
+        if q.dtype != torch.float32:
+            q = q.float()
+        q = q.view(N, nh, hs) * hs ** -0.5
         scores = torch.mul(q, keys, out=prod).sum(-1)  # (S, N, nh)
         if bias is not None:
             scores = scores + bias
@@ -132,10 +135,19 @@ class Block(nn.Module):
         return x
 
 
+# The forward's precision: "fp32" (the default, on every device) or "bf16" (mixed: the linear layers
+# under bf16 autocast; the attention, the head and the log-probs in float32, in the sampler and the
+# trainer alike). It is not part of GPTConfig: the weights are the same either way.
+PRECISIONS = ("fp32", "bf16")
+
+
 class GPT(nn.Module):
-    def __init__(self, config, seed=0):
+    def __init__(self, config, seed=0, precision="fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.config = config
+        self.precision = precision
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
@@ -164,10 +176,17 @@ class GPT(nn.Module):
     def device(self):
         return self.wte.weight.device
 
+    def mixed_precision(self):
+        """bf16 autocast for the body of the network when precision is "bf16"; else nothing."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def forward(self, idx, valid=None, cache=None, start=0, pos=None, segments=None):
         """
         idx: (B, T) token ids. valid: (B, T) bool, False on left padding (None = all real tokens).
-        With a cache, idx holds the tokens at cache slots [start, start+T), `pos` their positions.
+        With a cache, idx holds the tokens at cache slots [start, start+T), `pos` their positions,
+        and `valid` covers slots [0, start+T).
         segments: (B, T), for rows that hold several examples one after another (pack_rows): the
         number of the example each position belongs to, -1 on padding; each example's positions
         count from its first token and no example attends to another.
@@ -185,14 +204,18 @@ class GPT(nn.Module):
             pos = (valid.long().cumsum(1) - 1).clamp(min=0)
             attn_mask = padded_causal_mask(valid, start=0)
         else:
-            attn_mask = padded_causal_mask(cache.valid[:, :start + T], start=start)
-        if pos.max() >= self.config.block_size:
+            attn_mask = padded_causal_mask(valid, start=start)
+        # positions only grow along a row: a row of start + T slots or fewer stays inside the table,
+        # so only a longer one is looked at (a look at the values waits for the device)
+        if start + T > self.config.block_size and pos.max() >= self.config.block_size:
             raise ValueError(f"position {int(pos.max())} is beyond "
                              f"block_size={self.config.block_size}")
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i, start)
-        return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)
+        with self.mixed_precision():
+            x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+            for i, block in enumerate(self.blocks):
+                x = block(x, attn_mask, cache, i, start)
+            x = self.ln_f(x)
+        return self.lm_head(x.float())  # (B, T, vocab_size): the head in float32, always
 
     def decode_step(self, idx, pos, cache, slot):
         """
@@ -200,20 +223,34 @@ class GPT(nn.Module):
         row's newest token, at positions pos (N,), its keys and values written to cache slot `slot`.
         Returns the next-token logits (N, vocab_size).
         """
-        # (S, N, 1) additive mask, built once for all layers: 0 on real tokens, -inf on padding;
-        # None when nothing is padding (prompts of one length, no row finished), saving an add.
-        # Every row has a real prompt token, so no row is all -inf (that would give NaN); a finished
-        # row's own slot is padding, so its output is garbage, which nobody reads.
-        seen = cache.valid[:, :slot + 1].t()  # (S, N)
-        bias = None
-        if not seen.all():
-            bias = torch.zeros(seen.shape, device=idx.device).masked_fill_(~seen, float("-inf"))
-            bias = bias[:, :, None]
-        x = self.wte(idx) + self.wpe(pos)  # (N, C): no T axis, one token per row
-        for i, block in enumerate(self.blocks):
-            x = x + block.attn.decode(block.ln_1(x), cache, i, slot, bias)
-            x = x + block.mlp(block.ln_2(x))
-        return self.lm_head(self.ln_f(x))  # (N, vocab_size)
+        # (S, N, 1) additive mask, the same for all layers: -inf on the prompts' left padding, 0
+        # elsewhere; None when no prompt is padded. Every row has a real prompt token, so no row is
+        # all -inf (that would give NaN). After a row's EOS its slots hold padding that only the row
+        # itself sees: its outputs from then on are garbage that nobody reads, so nothing masks them
+        # and the mask never changes during sampling.
+        bias = None if cache.bias is None else cache.bias[:slot + 1, :, None]
+        with self.mixed_precision():
+            x = self.wte(idx) + self.wpe(pos)  # (N, C): no T axis, one token per row
+            for i, block in enumerate(self.blocks):
+                x = x + block.attn.decode(block.ln_1(x), cache, i, slot, bias)
+                x = x + block.mlp(block.ln_2(x))
+            x = self.ln_f(x)
+        return self.lm_head(x.float())  # (N, vocab_size)
+
+
+def attention(q, k, v, attn_mask):
+    """
+    Scaled dot-product attention, in float32 whatever the precision: under bf16 autocast q, k, v
+    come in bf16 and are widened, so that the trainer's attention is computed as the sampler's
+    (CausalSelfAttention.decode). q: (B, nh, T, hs), k, v: (B, nh, S, hs); attn_mask: (B, 1, T, S)
+    bool, True = may attend, or None for the plain causal mask (no padding, no cache).
+    """
+    if q.dtype != torch.float32:
+        with torch.autocast(q.device.type, enabled=False):
+            return attention(q.float(), k.float(), v.float(), attn_mask)
+    if attn_mask is None:  # the fused causal path
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def padded_causal_mask(valid, start):
@@ -250,18 +287,13 @@ def segment_causal_mask(segments):
     return (same_example & causal)[:, None]
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slow, MPS support varies)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def token_logprobs(logits, targets, temperature=1.0):
     """
     log pi(target_t | prefix) under softmax(logits / temperature).
     logits: (B, T, V), targets: (B, T) -> (B, T). The sampler divides by the same temperature, so at
     mu = 1 the ratio pi_theta / pi_old is exactly 1.
     """
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # float32 even under bf16 autocast
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # float32 (the head's is, always)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
@@ -375,8 +407,9 @@ class KVCache:
     """
     Preallocated keys and values of every layer, slot-major: (S_max, N, C), heads side by side in C.
     Slot s of all N rows is one contiguous block, so a step's keys are written with one copy and
-    slots [0, S) are read as one stream. valid: (N, S_max) bool, which slots hold real tokens.
-    scratch: room for the decode step's (S, N, C) products, reused by every layer and step.
+    slots [0, S) are read as one stream. bias: (S_max, N), -inf on the prompts' left padding and 0
+    elsewhere, the decode step's additive mask (None where no prompt is padded). scratch: room for
+    the decode step's (S, N, C) products, reused by every layer and step.
     """
 
     def __init__(self, config, n_rows, max_len, device, dtype):
@@ -384,7 +417,7 @@ class KVCache:
         # empty, not zeros: a slot is always written before any query reads it
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.valid = torch.zeros(n_rows, max_len, dtype=torch.bool, device=device)
+        self.bias = None
         self.scratch = torch.empty(max_len * n_rows * config.n_embd, device=device)  # float32
 
     def keep_rows(self, keep, filled):
@@ -397,21 +430,24 @@ class KVCache:
             for layer, buf in enumerate(kv):
                 buf[:filled, :n] = buf[:filled, keep]  # the right side is a copy: overlap is safe
                 kv[layer] = buf[:, :n]  # (S_max, n, C)
-        self.valid = self.valid[keep]
+        if self.bias is not None:
+            self.bias = self.bias[:, keep]
 
 
 def left_pad(prompts, pad_id, device):
-    """list of token lists -> (B, P) left-padded ids and (B, P) bool valid mask."""
+    """list of token lists -> (B, P) left-padded ids and (B, P) bool valid mask, laid out on the
+    CPU and sent to the device in one copy (not one small copy per prompt)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and every prompt needs at least "
                          "one token")
     P = max(len(p) for p in prompts)
-    idx = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros(len(prompts), P, dtype=torch.bool, device=device)
+    both = torch.zeros(2, len(prompts), P, dtype=torch.long)  # the ids, then the valid mask
+    both[0].fill_(pad_id)
     for i, p in enumerate(prompts):
-        idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        valid[i, P - len(p):] = True
-    return idx, valid
+        both[0, i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        both[1, i, P - len(p):] = 1
+    both = both.to(device)
+    return both[0], both[1].bool()
 
 
 def pack(prompts, completions, pad_id, device):
@@ -419,12 +455,12 @@ def pack(prompts, completions, pad_id, device):
     layout the sampler returns: left-padded prompts, right-padded completions, a mask over the
     real completion tokens, log-probs 0."""
     prompt, prompt_valid = left_pad(prompts, pad_id, device)
-    lengths = torch.tensor([len(c) for c in completions], device=device)
-    shape = (len(completions), int(lengths.max()))
-    tokens = torch.full(shape, pad_id, dtype=torch.long, device=device)
+    lengths = torch.tensor([len(c) for c in completions])
+    tokens = torch.full((len(completions), int(lengths.max())), pad_id, dtype=torch.long)
     for i, c in enumerate(completions):
-        tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
-    mask = torch.arange(tokens.size(1), device=device)[None] < lengths[:, None]  # (N, L)
+        tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+    mask = torch.arange(tokens.size(1))[None] < lengths[:, None]  # (N, L)
+    tokens, mask = tokens.to(device), mask.to(device)  # laid out on the CPU, then sent
     return Rollout(prompt, prompt_valid, tokens, mask, torch.zeros(tokens.shape, device=device))
 
 
@@ -450,11 +486,12 @@ def pick_tokens(logits, noise, temperature, top_k):
     the top k. Greedy (T = 0) returns the T = 1 log-probs of the argmax, which is what
     evaluation statistics want.
     """
-    logits = logits.float()
+    # logits are float32 (the head's always are)
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, F.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
-    logits = logits / temperature
+    if temperature != 1:  # dividing by 1 changes no number: one op less a step
+        logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -489,17 +526,25 @@ def prompt_seeds(n_prompts, generator, seeds):
 # each drop copies the cache, so not at every finish. 3/4 was the fastest of never, 1/2, 3/4, 9/10
 # and 1 (at every finish) on an RL-like batch (32 prompts x 8 samples, lengths 1-64).
 SHRINK = 0.75
+# How often the loop counts the rows still running (to stop, or to drop finished rows): every step
+# on the CPU, where the count is a number in memory; every CHECK_EVERY steps on a GPU, where reading
+# a number back waits for every kernel queued before it (a host sync), and a few steps of finished
+# rows cost less than the wait.
+CHECK_EVERY = 8
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad, ~100 ops a step
 def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0,
-             top_k=None, generator=None, seeds=None):
+             top_k=None, generator=None, seeds=None, check_every=None):
     """
     Sample num_samples completions for each prompt (a list of token-id lists of any lengths) with a
     KV cache. Rows come out prompt-major: rows [i*G, (i+1)*G) are the G samples of prompt i.
+    check_every: steps between counts of the running rows (None: 1 on the CPU, CHECK_EVERY
+    elsewhere); it changes when the loop looks, not what it samples.
     """
     check_sampling_args(temperature, top_k, num_samples, max_new_tokens)
     device, cfg = model.wte.weight.device, model.config
+    check_every = check_every or (1 if device.type == "cpu" else CHECK_EVERY)
     seeds = prompt_seeds(len(prompts), generator, seeds)
     idx, valid = left_pad(prompts, pad_id, device)  # (B, P)
     B, P = idx.shape
@@ -509,18 +554,19 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
         noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device)
 
     # prefill: every prompt once, then its keys/values copied to its G rows (copying is cheap)
-    dtype = model.wte.weight.dtype
-    if device.type == "cuda" and torch.is_autocast_enabled():  # the cache holds what autocast makes
-        dtype = torch.get_autocast_dtype("cuda")
+    # the cache holds keys and values as the linear layers make them: bf16 under mixed precision
+    dtype = torch.bfloat16 if model.precision == "bf16" else model.wte.weight.dtype
     prefill = KVCache(cfg, B, P, device, dtype)
-    prefill.valid[:] = valid
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, P)
-    logits = model(idx, cache=prefill, start=0, pos=pos)[:, -1]  # (B, V)
+    logits = model(idx, valid=valid, cache=prefill, start=0, pos=pos)[:, -1]  # (B, V)
     cache = KVCache(cfg, N, P + max_new_tokens, device, dtype)
     for layer in range(cfg.n_layer):  # (P, B, C) -> (P, N, C)
         cache.k[layer][:P] = prefill.k[layer].repeat_interleave(num_samples, 1)
         cache.v[layer][:P] = prefill.v[layer].repeat_interleave(num_samples, 1)
-    cache.valid[:, :P] = valid.repeat_interleave(num_samples, 0)
+    if len({len(p) for p in prompts}) > 1:  # some prompt is left-padded: the decode step masks it
+        real = torch.ones(P + max_new_tokens, N, dtype=torch.bool, device=device)
+        real[:P] = valid.repeat_interleave(num_samples, 0).t()  # (P, N)
+        cache.bias = torch.zeros(real.shape, device=device).masked_fill_(~real, float("-inf"))
     logits = logits.repeat_interleave(num_samples, 0)  # (N, V)
     next_pos = pos[:, -1].repeat_interleave(num_samples, 0) + 1  # (N,)
     last_pos = int(pos[:, -1].max())
@@ -532,7 +578,6 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
     # and then
     output_row = torch.arange(N, device=device)  # (n,)
     alive = torch.ones(N, dtype=torch.bool, device=device)  # (n,)
-    steps = 0
     for t in range(max_new_tokens):
         step_noise = None if noise is None else noise[output_row, t]  # (n, V)
         tok, lp = pick_tokens(logits, step_noise, temperature, top_k)  # (n,)
@@ -540,21 +585,27 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
         tokens[output_row, t] = tok
         logprobs[output_row, t] = torch.where(alive, lp, 0.0)
         mask[output_row, t] = alive  # the EOS step is still alive here: the EOS is in the mask
-        cache.valid[:, P + t] = alive  # a finished row's later slots: padding no one attends to
         alive = alive & (tok != eos_id)
-        steps = t + 1
-        n_alive = int(alive.sum())
-        if n_alive == 0 or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1:
             break
-        if n_alive <= SHRINK * alive.numel():
-            keep = alive.nonzero().squeeze(1)  # (n_alive,)
-            output_row, alive = output_row[keep], alive[keep]
-            tok, next_pos = tok[keep], next_pos[keep]
-            cache.keep_rows(keep, P + t)
+        if (t + 1) % check_every == 0:  # the loop's only look at the values (a host sync)
+            n_alive = int(alive.sum())
+            if n_alive == 0:
+                break
+            if n_alive <= SHRINK * alive.numel():
+                keep = alive.nonzero().squeeze(1)  # (n_alive,)
+                output_row, alive = output_row[keep], alive[keep]
+                tok, next_pos = tok[keep], next_pos[keep]
+                cache.keep_rows(keep, P + t)
         if last_pos + t + 1 >= cfg.block_size:
-            raise ValueError(f"position {last_pos + t + 1} is beyond block_size={cfg.block_size}")
+            if alive.any():  # rows finished since the last look need no more positions
+                raise ValueError(f"position {last_pos + t + 1} is beyond "
+                                 f"block_size={cfg.block_size}")
+            break
         logits = model.decode_step(tok, next_pos, cache, P + t)  # (n, V)
         next_pos = next_pos + 1
+    # the steps some row was still running at: a prefix, since rows only ever finish
+    steps = int(mask.any(0).sum())
     # clones made outside inference mode are ordinary tensors, which the loss may save for backward
     out = (idx.repeat_interleave(num_samples, 0), valid.repeat_interleave(num_samples, 0),
            tokens[:, :steps], mask[:, :steps], logprobs[:, :steps])

@@ -40,9 +40,9 @@ from data.tasks import HABITS, LEVELS, OOD_LEVEL, RL_LEVEL, SKILLS, STEP_KINDS, 
     worked_solution
 from data.tokenizer import get_tokenizer
 from distributed import gather_objects, gather_step, my_share, rank, setup_device, \
-    sum_gradients_over_ranks, sum_over_ranks, teardown
+    sum_gradients_over_ranks, sum_over_ranks, sum_rows_over_ranks, teardown
 from flags import check_loss_config, switch
-from model import GPT, GPTConfig, Rollout, autocast, completion_logits, completion_logprobs, \
+from model import GPT, GPTConfig, Rollout, completion_logits, completion_logprobs, \
     generate, pack, PACK_LEN, pack_rows, packed_logprobs, token_entropy, token_logprobs
 from verifier import STYLE_NAMES, outcome_reward, solution_style
 
@@ -425,22 +425,27 @@ def sample_batch(policy, tok, args, step):
         solutions = [worked_solution(p.expr) for p in problems]
         return problems, pack_examples(tok, problems, solutions, policy.device)
     prompts = [tok.encode(prompt_text(p)) for p in problems]
-    with autocast(policy.device):
-        rollout = generate(policy, prompts, args.max_new_tokens, tok.eos_id, tok.pad_id, args.group,
-                           args.temperature, seeds=seeds)
+    rollout = generate(policy, prompts, args.max_new_tokens, tok.eos_id, tok.pad_id, args.group,
+                       args.temperature, seeds=seeds)
     return problems, rollout
 
 
 def score_batch(tok, problems, rollout, format_reward=0.0):
-    """(B, G) verifier rewards: 1 for the right final answer, plus format_reward for a well-formed
-    answer line, right or wrong (--format-reward; the RGRA paper used 0.1); and the solution style
-    of each completion (logs)."""
+    """(B, G) verifier rewards, on the rollout's device: 1 for the right final answer, plus
+    format_reward for a well-formed answer line, right or wrong (--format-reward; the RGRA paper
+    used 0.1); and the solution style of each completion (logs). A group's completions often repeat
+    (after some RL most of a group writes the same solution): each distinct one is scored once."""
     texts = decode_completions(tok, rollout)
     G = len(texts) // len(problems)
-    rewards = torch.tensor([outcome_reward(t, problems[i // G], format_reward)
-                            for i, t in enumerate(texts)])
-    styles = [solution_style(t, problems[i // G].expr) for i, t in enumerate(texts)]
-    return rewards.view(len(problems), G), styles
+    scored = {}  # (prompt number, text) -> (reward, style)
+    for i, text in enumerate(texts):
+        problem = problems[i // G]
+        if (i // G, text) not in scored:
+            scored[i // G, text] = (outcome_reward(text, problem, format_reward),
+                                    solution_style(text, problem.expr))
+    each = [scored[i // G, text] for i, text in enumerate(texts)]
+    rewards = torch.tensor([reward for reward, _ in each], device=rollout.tokens.device)
+    return rewards.view(len(problems), G), [style for _, style in each]
 
 
 def reference_logprobs(ref, rollout, args):
@@ -448,7 +453,7 @@ def reference_logprobs(ref, rollout, args):
     beta = 0, which skips the reference's forward."""
     if args.loss.beta == 0:
         return None
-    with torch.no_grad(), autocast(ref.device):
+    with torch.no_grad():
         return completion_logprobs(ref, rollout, args.temperature)
 
 
@@ -485,26 +490,27 @@ def learn(policy, opt, experience, cfg, gen):
     The algorithm: mu passes over the rows to learn from, each split into cfg.minibatches
     optimizer steps, each accumulated over micro-batches whose denominators count the whole
     minibatch (pitfall 10). Under torchrun each process computes the loss of its share of the
-    minibatch's rows (my_share) and the gradients are summed over the processes before the
+    minibatch's rows (my_micro_batches) and the gradients are summed over the processes before the
     optimizer step (sum_gradients_over_ranks): every process takes the same step. Returns the
     summed loss statistics and each step's gradient norm.
     """
     records, norms = [], []
     mask = experience.rollout.mask  # (N, L)
     kept = experience.keep.nonzero().flatten()  # (K,) row numbers
-    for _ in range(cfg.mu if len(kept) else 0):
-        order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)]
+    passes = [kept[torch.randperm(len(kept), generator=gen).to(kept.device)]
+              for _ in range(cfg.mu if len(kept) else 0)]  # each pass's order of the rows
+    if policy.precision != "fp32" and passes:  # mixed precision: pi_old from the trainer itself
+        experience = with_trainer_old_logprobs(policy, experience, passes[0], cfg)
+    for order in passes:
         for minibatch in order.chunk(cfg.minibatches):
             # the denominators of aggregate(): the sequences and tokens of the whole minibatch
             denominators = (len(minibatch), mask[minibatch].sum().item())
-            my_rows = my_share(minibatch)  # one process: all of them
             opt.zero_grad(set_to_none=True)
-            for micro in my_rows.split(cfg.micro_batch or max(len(my_rows), 1)):
+            for micro in my_micro_batches(minibatch, cfg):
                 part = experience.rollout.rows(micro)  # a Rollout of the micro-batch's rows
                 ref_logp = None if experience.ref_logp is None else experience.ref_logp[micro]
-                with autocast(policy.device):
-                    logits = completion_logits(policy, part)  # (n, L, V): the one forward
-                    logp = token_logprobs(logits, part.tokens, experience.temperature)  # (n, L)
+                logits = completion_logits(policy, part)  # (n, L, V): the one forward
+                logp = token_logprobs(logits, part.tokens, experience.temperature)  # (n, L)
                 adv = experience.adv[micro]
                 loss, stats = rl_loss(logp, part, adv, ref_logp, cfg, denominators)
                 if cfg.entropy_coef > 0:  # the bonus reads the whole next-token distribution
@@ -519,6 +525,35 @@ def learn(policy, opt, experience, cfg, gen):
             opt.step()
             norms.append(norm.item())
     return learn_stats(records, norms)
+
+
+def my_micro_batches(minibatch, cfg):
+    """The row numbers this process computes of a minibatch (my_share: all of them in one
+    process), in micro-batches of cfg.micro_batch rows (0: one micro-batch)."""
+    my_rows = my_share(minibatch)
+    return my_rows.split(cfg.micro_batch or max(len(my_rows), 1))
+
+
+@torch.no_grad()
+def with_trainer_old_logprobs(policy, experience, first_pass, cfg):
+    """
+    Under mixed precision only: the experience with pi_old's log-probs computed by the trainer's own
+    forward, before the first update, over exactly the micro-batches the first pass will run
+    (first_pass: its order of the rows), so that at the first update rho = 1 exactly, as it must at
+    mu = 1. The sampler computes the same function with other arithmetic (a KV cache, one token at
+    a time): in float32 the two agree to ~1e-6 and the sampler's log-probs serve; under bf16 they
+    differ by up to ~0.1, a ratio away from 1 before any update, and GRPO would no longer equal
+    RGRA. Under torchrun every process computes its rows and the sums give every process all.
+    """
+    logprobs = torch.zeros_like(experience.rollout.logprobs)  # (N, L); rows never learned stay 0
+    for minibatch in first_pass.chunk(cfg.minibatches):
+        for micro in my_micro_batches(minibatch, cfg):
+            part = experience.rollout.rows(micro)
+            logp = token_logprobs(completion_logits(policy, part), part.tokens,
+                                  experience.temperature)
+            logprobs[micro] = torch.where(part.mask, logp, torch.zeros_like(logp))
+    logprobs = sum_rows_over_ranks(logprobs)
+    return replace(experience, rollout=replace(experience.rollout, logprobs=logprobs))
 
 
 def learn_stats(records, norms):
@@ -641,16 +676,16 @@ def warm_stages(args):
 
 def supervised_step(model, opt, batch, grad_clip=1.0):
     """One step of next-token cross-entropy on the completion tokens of a packed batch (a Packed),
-    every token weighing the same, the gradient norm clipped as in RL. Returns the loss. It is
-    learn() with advantage 1 on every token (the sft preset, token-mean), on packed rows."""
-    with autocast(model.device):
-        logp = packed_logprobs(model, batch)  # (R, T)
+    every token weighing the same, the gradient norm clipped as in RL. Returns the loss, a tensor
+    (reading it as a number would make a GPU wait). It is learn() with advantage 1 on every token
+    (the sft preset, token-mean), on packed rows."""
+    logp = packed_logprobs(model, batch)  # (R, T)
     loss = -logp[batch.loss_mask].mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
-    return loss.item()
+    return loss.detach()
 
 
 def stage_lr(stage, step):
@@ -672,7 +707,8 @@ def train_stage(model, tok, stage, args):
         for group in opt.param_groups:
             group["lr"] = stage_lr(stage, step)
         loss = supervised_step(model, opt, batch)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        if step % 100 == 0 or step == stage.steps - 1:  # a look at the loss, now and then
+            bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
 # The warm start trains with torch's default number of CPU threads, whatever --threads says: the
@@ -686,11 +722,13 @@ WARM_START_THREADS = torch.get_num_threads()
 def warm_start(args, tok, device, log=print):
     """The base model: the skills stage, then the habits stage, each loaded from the cache under
     --base-dir or trained and cached under a hash of all that defines it: the stages before it, the
-    test sets, and the numerics it is computed with (the device, the threads, torch's version)."""
+    test sets, and the numerics it is computed with (the device, the threads, torch's version, and
+    the precision where it is not float32)."""
     config = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd)
-    model, path = GPT(config, seed=args.base_seed).to(device), None
-    numerics = rundir.numerics(device, WARM_START_THREADS)  # "cpu, 2 threads, torch 2.13.0+cpu"
+    model, path = GPT(config, seed=args.base_seed, precision=args.precision).to(device), None
+    # "cpu, 2 threads, torch 2.13.0+cpu"
+    numerics = rundir.numerics(device, WARM_START_THREADS, args.precision)
     # what shapes the draws and the arithmetic: the model, the seed, the levels, the rows' layout
     key = repr((config, args.base_seed, LEVELS, STEP_KINDS, sorted(test_exprs()), PACK_LEN,
                 numerics))
@@ -735,9 +773,8 @@ def sample_texts(model, tok, prompts, sampling, seed=0):
         chunk = numbered[i:i + per_chunk]
         ids = [tok.encode(p) for _, p in chunk]
         seeds = [seed + j for j, _ in chunk]
-        with autocast(model.device):
-            rollout = generate(model, ids, sampling.max_new_tokens, tok.eos_id, tok.pad_id,
-                               sampling.k, sampling.temperature, seeds=seeds)
+        rollout = generate(model, ids, sampling.max_new_tokens, tok.eos_id, tok.pad_id,
+                           sampling.k, sampling.temperature, seeds=seeds)
         texts += decode_completions(tok, rollout)
         lengths += rollout.mask.sum(1).tolist()
     return gather_objects(texts), gather_objects(lengths)
@@ -799,6 +836,8 @@ def base_evaluation(base, tok, args, base_path):
     spec = [args.eval_n, args.pass_n, args.pass_k, args.max_new_tokens, base.device.type,
             args.format_reward, STYLE_NAMES, STEP_KINDS, "atom_check_steps(200)", RL_LEVEL,
             OOD_LEVEL]
+    if base.precision != "fp32":
+        spec.append(base.precision)
     suffix = f".eval-{hashlib.sha256(repr(spec).encode()).hexdigest()[:8]}.json"
     path = Path(base_path).with_suffix(suffix)
     return rundir.cached_json(path, functools.partial(evaluate_all, base, tok, args))
@@ -845,6 +884,8 @@ def train(args, log=print):
     base, base_path = warm_start(args, tok, device, run.log)
     ref = base.eval().requires_grad_(False)  # the frozen KL reference
     policy = copy.deepcopy(base).requires_grad_(True)
+    if args.compile:  # fewer, fused kernels for the sampler's step: the same function
+        policy.decode_step = torch.compile(policy.decode_step, dynamic=True)
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     first_step = run.start(policy, opt)  # 0, or the step after the checkpoint (its state loaded)
     run.log(f"device {device}; model {policy.num_params():,} params; run dir {run.dir}")

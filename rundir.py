@@ -70,11 +70,13 @@ def save_figure(fig, path):
     write_atomic(path, buffer.getvalue())
 
 
-def load_checkpoint(path, device, what_to_do):
-    """torch.load, or for a damaged file (truncated, or not a checkpoint) a one-line exit
-    naming it."""
+def load_checkpoint(path, what_to_do):
+    """torch.load to the CPU, or for a damaged file (truncated, or not a checkpoint) a one-line
+    exit naming it. The caller's load_state_dict moves what belongs on the device: the weights and
+    the optimizer's moments; AdamW's step counters stay CPU numbers (on a GPU they would cost a host
+    sync every step)."""
     try:
-        return torch.load(path, map_location=device)
+        return torch.load(path, map_location="cpu")
     except Exception as e:  # torch raises one of several types on a damaged file
         first_line = str(e).splitlines()[0][:80]
         damage = f"{type(e).__name__}: {first_line}"
@@ -118,14 +120,16 @@ def cached_json(path, make):
     return json.loads(path.read_text())
 
 
-def numerics(device, threads):
+def numerics(device, threads, precision="fp32"):
     """What decides a trained model's last digits besides its settings, for the caches' keys: the
-    device (on a CPU, the number of threads: another sums floats in another order), and torch."""
+    device (on a CPU, the number of threads: another sums floats in another order; on a GPU, its
+    kind: each kind of GPU trains its own base), torch, and a precision other than float32."""
     if device.type == "cuda":
         where = f"cuda, {torch.cuda.get_device_name(device)}"
     else:
         where = f"{device.type}, {threads} threads"
-    return f"{where}, torch {torch.__version__}"
+    text = f"{where}, torch {torch.__version__}"
+    return text if precision == "fp32" else f"{text}, {precision}"
 
 
 @contextlib.contextmanager
@@ -152,7 +156,7 @@ def cached_model(model, path, train, what, log):
         log(f"warm start: trained {what} in {seconds:.0f}s, saved {path}")
     barrier()
     if cached or rank() != 0:
-        ckpt = load_checkpoint(path, model.device, "delete it and this stage is trained again")
+        ckpt = load_checkpoint(path, "delete it and this stage is trained again")
         model.load_state_dict(ckpt["model"])
         log(f"warm start: loaded {path}")
 
@@ -217,7 +221,7 @@ class RunDir:
         self.ckpt = None
         if args.resume:
             what_to_do = "start again with --overwrite"
-            self.ckpt = load_checkpoint(self.dir / "ckpt.pt", device, what_to_do)
+            self.ckpt = load_checkpoint(self.dir / "ckpt.pt", what_to_do)
 
     def start(self, policy, opt):
         """The first step to run. A resumed run loads the checkpoint's policy and optimizer and

@@ -4,7 +4,8 @@ experiments/bench_sampler.py: check the KV-cache sampler (model.generate) agains
 
     python experiments/bench_sampler.py                  # 256 rows of mix3 prompts, 64 new tokens
     python experiments/bench_sampler.py --compare-hf     # also transformers' generate() (CPU)
-    python experiments/bench_sampler.py --device cuda    # on a GPU, with a bf16-autocast row
+    python experiments/bench_sampler.py --profile        # also aten ops and host syncs per step
+    python experiments/bench_sampler.py --device cuda    # on a GPU, with a bf16 row
 
 The self-check first: the same 8 prompts x 2 samples from both samplers must give the same tokens
 and log-probs (in float32 on the device; tests/test_gpu.py checks bf16 on CUDA, where a near-tie
@@ -36,7 +37,8 @@ import torch
 from data.tasks import LEVELS, RL_LEVEL, prompt_text, sample_problems
 from data.tokenizer import get_tokenizer
 from distributed import pick_device
-from model import GPT, GPTConfig, completion_logprobs, generate, generate_naive, left_pad
+from model import CHECK_EVERY, GPT, GPTConfig, completion_logprobs, generate, generate_naive, \
+    left_pad
 
 # An EOS id outside the vocabulary keeps every row running for the full budget: a fixed-length
 # timing.
@@ -73,15 +75,21 @@ def timed_rates(samplers, repeats, device):
     return {name: tokens[name] / best[name] for name in samplers}
 
 
-def our_sampler(sampler, model, prompts, pad_id, new_tokens, bf16=False):
-    """One of our samplers on the benchmark batch at temperature 1, optionally under bf16
-    autocast, as a function for timed_rates."""
+def our_sampler(sampler, model, prompts, pad_id, new_tokens):
+    """One of our samplers on the benchmark batch at temperature 1, as a function for
+    timed_rates."""
     def sample():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            out = sampler(model, prompts, new_tokens, NEVER, pad_id, temperature=1.0,
-                          seeds=range(len(prompts)))
+        out = sampler(model, prompts, new_tokens, NEVER, pad_id, temperature=1.0,
+                      seeds=range(len(prompts)))
         return out.mask.sum().item()
     return sample
+
+
+def bf16_copy(model):
+    """The model with precision "bf16" (the same weights)."""
+    copy = GPT(model.config, precision="bf16").to(model.device)
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
 
 
 def hf_sampler(config, prompts, pad_id, max_new_tokens):
@@ -106,6 +114,31 @@ def hf_sampler(config, prompts, pad_id, max_new_tokens):
     return sample, sum(p.numel() for p in hf.parameters())
 
 
+def profile_decode(model, prompts, pad_id, steps=(20, 40), check_every=None):
+    """aten ops and host syncs per token step of generate, counted by torch.profiler: generate is
+    run for steps[0] and for steps[1] new tokens (no row ever ends) and the counts' difference is
+    divided by the difference of steps, which leaves the prefill and the set-up out. A host sync is
+    an op that copies a number from the device to Python (aten::_local_scalar_dense: int(), bool(),
+    .item(), .tolist()) or has a size only the device knows (aten::nonzero); on a GPU each one waits
+    for every kernel before it. Returns, per token step, the aten ops Python called ("ops"), the
+    same with the aten ops they call inside ("nested_ops"), and the host syncs ("syncs")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = []
+    for n in steps:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(model, prompts, n, NEVER, pad_id, temperature=1.0, seeds=range(len(prompts)),
+                     check_every=check_every)
+        aten = [e for e in prof.events() if e.name.startswith("aten::")]
+        # the ops Python called: not the ops an aten op calls inside itself
+        called = [e for e in aten if e.cpu_parent is None
+                  or not e.cpu_parent.name.startswith("aten::")]
+        syncs = sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in aten)
+        counts.append(np.array([len(called), len(aten), syncs]))
+    per_step = (counts[1] - counts[0]) / (steps[1] - steps[0])
+    return dict(ops=float(per_step[0]), nested_ops=float(per_step[1]), syncs=float(per_step[2]))
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=256, help="rows sampled at once (256)")
@@ -114,6 +147,8 @@ def build_parser():
                    help="timed repeats, the samplers taking turns; the best is reported (3)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
+    p.add_argument("--profile", action="store_true",
+                   help="also count aten ops and host syncs per token step (torch.profiler)")
     p.add_argument("--compare-hf", action="store_true",
                    help="also time transformers' GPT-2 generate() at the same size "
                         "(needs transformers)")
@@ -144,15 +179,24 @@ def main(argv=None):
     samplers = {"kv-cache": our_sampler(generate, model, prompts, tok.pad_id, args.new_tokens),
                 "full-recompute": our_sampler(generate_naive, model, prompts, tok.pad_id,
                                               args.new_tokens)}
-    if device.type == "cuda":  # as training samples there
-        samplers["kv-cache, bf16 autocast"] = our_sampler(generate, model, prompts, tok.pad_id,
-                                                          args.new_tokens, bf16=True)
+    if device.type == "cuda":  # and as --precision bf16 samples there
+        samplers["kv-cache, bf16"] = our_sampler(generate, bf16_copy(model), prompts, tok.pad_id,
+                                                 args.new_tokens)
     hf_params = None
     if args.compare_hf and device.type != "cpu":
         print("--compare-hf times transformers on the CPU only; pass --device cpu to compare")
     elif args.compare_hf:
         samplers["hf generate"], hf_params = hf_sampler(config, prompts, tok.pad_id,
                                                         args.new_tokens)
+    counts = {}
+    if args.profile:  # as this device samples, and with the loop's look every CHECK_EVERY steps
+        for check_every in dict.fromkeys([None, CHECK_EVERY]):
+            counts[check_every or "default"] = c = profile_decode(model, prompts, tok.pad_id,
+                                                                  check_every=check_every)
+            when = f"looking every {check_every} steps" if check_every else "as generate runs here"
+            print(f"per token step of generate, {when}: {c['ops']:.1f} aten ops called from "
+                  f"Python ({c['nested_ops']:.1f} with the ops they call), {c['syncs']:.3f} host "
+                  f"syncs (torch.profiler)")
     rates = timed_rates(samplers, args.repeats, device)
     for name, rate in rates.items():
         note = f" (transformers GPT-2, {hf_params:,} params)" if name == "hf generate" else ""
@@ -161,7 +205,7 @@ def main(argv=None):
           f"{rates['kv-cache'] / rates['full-recompute']:.1f}x")
     if "hf generate" in rates:
         print(f"kv-cache / hf generate: {rates['kv-cache'] / rates['hf generate']:.2f}x")
-    return rates
+    return dict(rates=rates, profile=counts, device=str(device), where=where)
 
 
 if __name__ == "__main__":

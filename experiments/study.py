@@ -215,7 +215,7 @@ def finetune(base, tok, kept, study, seed):
     """A copy of base after --ft-steps supervised steps (nanorgra.supervised_step) of --ft-batch
     examples of kept at the constant rate --ft-lr. With nothing kept the copy is
     returned untrained."""
-    model = GPT(base.config).to(base.device)
+    model = GPT(base.config, precision=base.precision).to(base.device)
     model.load_state_dict(base.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=study.ft_lr, weight_decay=0.0, betas=(0.9, 0.95))
     losses = []
@@ -436,7 +436,7 @@ def main(argv=None):
             t = time.time()
             model, losses = finetune(base, tok, kept, study, seed)
             ev = nanorgra.evaluate_all(model, tok, args, full=False)
-            return dict(kept=len(kept), final_loss=losses[-1] if losses else None,
+            return dict(kept=len(kept), final_loss=float(losses[-1]) if losses else None,
                         seconds=time.time() - t, eval=ev)
 
         name = f"{world}-{data_filter}-{setup}-{source}-seed{seed}.json"

@@ -24,11 +24,24 @@ model trained on and no test set holds:
   se          S_SE samples per problem from SE
   wc_compute  S_WC samples per problem from WC       (compute-matched to se)
   wc_number   the first S_SE of those                (number-matched control)
+  wc_sized    wc_compute's kept samples, a random subset of as many as se kept (the control)
 and every data set is kept two ways (FILTERS): the answer-correct samples (the paper's filter, the
 steps unchecked) and the sound ones only (what an exact checker allows, which the paper could not
 do). Three setups fine-tune one model on WC data vs on SE data: distillation (the student),
 self-improvement (WC) and weak-to-strong improvement (SE), each for --seeds data orders; accuracy is
 greedy on the held-out test sets.
+
+Every fine-tune takes the same --ft-steps steps of --ft-batch examples, so a small kept set is seen
+more often than a large one (SE's 106 sound samples of the quick form about 36 times, WC's 382
+about 10 times): the source of the data and how often it repeats move together. The control
+wc_sized holds that apart: WC's data cut to SE's size, seen as often as SE's, so that wc_sized
+against se compares the data per example, and wc_compute against se the paper's question.
+
+The verdicts (decided before the full form ran): for each world, filter and setup, Welch's t test
+of the fine-tuned RL-level accuracy, WC's data against SE's, over the seeds; Holm over the twelve
+equal-compute tests (one family) and, apart, over the twelve size-matched tests (the control's
+family); "WC better" or "SE better" only where the adjusted p < 0.05, else "not separable" with
+the difference's interval.
 
 The step checker sorts every answer-correct sample (verifier.reasoning_kind): sound, wrong reasoning
 (a false step, or an order precedence does not allow: the paper's false positive), or no reasoning
@@ -57,6 +70,7 @@ from data.tasks import OOD_LEVEL, RL_LEVEL, corpus_examples, prompt_text, sample
     test_exprs, worked_solution
 from data.tokenizer import get_tokenizer
 from distributed import setup_device
+from experiments.stats import holm, welch
 from experiments.sweep import mean_ci95
 from model import GPT, GPTConfig
 from rundir import cached_json, save_figure, write_atomic
@@ -65,10 +79,11 @@ from verifier import false_positive_rate, no_reasoning_share, outcome_reward, re
 
 QUICK = ["--problems", "500", "--ft-steps", "60", "--eval-n", "200", "--pass-n", "50"]
 SETUPS = {"distillation": "student", "self_improvement": "wc", "weak_to_strong": "se"}  # -> model
-BUDGETS = {"compute": "wc_compute", "number": "wc_number"}  # budget -> the WC data set beside "se"
+# the data sets fine-tuned on: se, and WC's at equal compute, at equal number, and cut to se's size
+SOURCES = ("se", "wc_compute", "wc_number", "wc_sized")
 WORLDS = ("habits", "skills")  # the warm starts: both stages, or the skills stage only
 FILTERS = ("answer-correct", "sound")  # what of the samples is kept for fine-tuning
-STREAMS = dict(problems=5, se=6, wc=7, order=8)  # seed streams, apart from the RL run's
+STREAMS = dict(problems=5, se=6, wc=7, order=8, subset=9)  # seed streams, apart from the RL run's
 
 
 def compute_matched_samples(p_se, p_wc, s_se):
@@ -199,6 +214,21 @@ def sample_solutions(model, tok, problems, n_samples, max_new_tokens, seed):
     return dict(texts=per_problem(texts), tokens=per_problem(lengths))
 
 
+def source_data(problems, samples, sets, source, data_filter):
+    """The fine-tuning data of one data set of one world: the kept samples of its model's first k
+    samples per problem; for wc_sized, a random subset (its own stream, seeded by the two sizes) of
+    wc_compute's as large as se's."""
+    model, k = sets[source]
+    kept = kept_data(problems, [s[:k] for s in samples[model]["texts"]], data_filter)
+    if source != "wc_sized":
+        return kept
+    se_model, se_k = sets["se"]
+    size = len(kept_data(problems, [s[:se_k] for s in samples[se_model]["texts"]], data_filter))
+    rng = np.random.default_rng([STREAMS["subset"], len(kept), size])
+    chosen = sorted(rng.choice(len(kept), size=min(size, len(kept)), replace=False))
+    return [kept[i] for i in chosen]
+
+
 # -----------------------------------------------------------------------------
 # Fine-tuning
 
@@ -236,21 +266,36 @@ def fmt(mean_and_half):
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
-def verdict(rows, world, data_filter, setup):
-    """The paper's claim for one setup (WC data at equal compute beats SE data): reproduced,
-    not reproduced (SE separably better), or not separable (the 95% intervals overlap)."""
-    condition = (world, data_filter, setup)
-    pick = {r["source"]: r["acc"] for r in rows
-            if (r["world"], r["filter"], r["setup"]) == condition}
-    (wc, wc_half), (se, se_half) = pick["wc_compute"], pick["se"]
-    if wc - wc_half > se + se_half:
-        return "reproduced"
-    if se - se_half > wc + wc_half:
-        return "not reproduced"
-    return "not separable"
+def verdict_tests(rows, wc_source):
+    """Welch's test of the fine-tuned accuracy, wc_source's data against se's, for every world,
+    filter and setup, Holm-adjusted over those twelve tests (one family): {condition: test}."""
+    tests = {}
+    for world in WORLDS:
+        for data_filter in FILTERS:
+            for setup in SETUPS:
+                pick = {r["source"]: r["acc_seeds"] for r in rows
+                        if (r["world"], r["filter"], r["setup"]) == (world, data_filter, setup)}
+                tests[world, data_filter, setup] = welch(pick[wc_source], pick["se"])
+    for test, p_adjusted in zip(tests.values(), holm([t["p"] for t in tests.values()])):
+        test["p_adjusted"] = p_adjusted
+        test["verdict"] = verdict(test)
+    return tests
 
 
-def study_markdown(quality, rows, bases, params):
+def verdict(test):
+    """"WC better" or "SE better" where Holm's adjusted p < 0.05, else "not separable"."""
+    if not test["p_adjusted"] < 0.05:
+        return "not separable"
+    return "WC better" if test["diff"] > 0 else "SE better"
+
+
+def verdict_text(test):
+    low, high = test["diff"] - test["half"], test["diff"] + test["half"]
+    return (f"{test['verdict']}: {test['diff']:+.3f} [{low:+.3f}, {high:+.3f}], "
+            f"p {test['p']:.3f}, adj. {test['p_adjusted']:.3f}")
+
+
+def study_markdown(quality, rows, bases, params, verdicts):
     lines = ["| world | data set | model (params) | S per problem | samples | kept | sound | wrong "
              "| bare | coverage@S | diversity@S | FPR | bare share | spent FLOPs |",
              "|" + " --- |" * 14]
@@ -263,19 +308,23 @@ def study_markdown(quality, rows, bases, params):
             model = f"{m} ({params[m.lower()]:,})"
             lines.append(f"| {world} | {name} | {model} | {q['k']} | {counts} | {rates} |")
     lines += ["", f"| world | kept | setup | model | data set | examples | {RL_LEVEL} acc | "
-              f"{OOD_LEVEL} acc | WC beats SE at equal compute |", "|" + " --- |" * 9]
+              f"{OOD_LEVEL} acc | WC against SE: Welch, Holm over the family |",
+              "|" + " --- |" * 9]
     for world in WORLDS:
         for data_filter in FILTERS:
             for setup, model in SETUPS.items():
                 b = bases[world][model]
-                claim = verdict(rows, world, data_filter, setup)
                 lines.append(f"| {world} | {data_filter} | {setup} | {model} | (before) | 0 | "
-                             f"{b[RL_LEVEL]['acc']:.3f} | {b[OOD_LEVEL]['acc']:.3f} | {claim} |")
+                             f"{b[RL_LEVEL]['acc']:.3f} | {b[OOD_LEVEL]['acc']:.3f} | |")
                 for r in rows:
                     if (r["world"], r["filter"], r["setup"]) == (world, data_filter, setup):
+                        family = dict(wc_compute="equal compute", wc_sized="equal size").get(
+                            r["source"])
+                        test = verdicts[family][world, data_filter, setup] if family else None
+                        claim = f"{family}: {verdict_text(test)}" if test else ""
                         lines.append(f"| {world} | {data_filter} | {setup} | {model} | "
                                      f"{r['source']} | {r['kept']} | {fmt(r['acc'])} | "
-                                     f"{fmt(r['ood_acc'])} | |")
+                                     f"{fmt(r['ood_acc'])} | {claim} |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,16 +342,17 @@ def plot_study(curves, rows, path):
     left.set(xlabel="sampling FLOPs spent (2 x params x generated tokens)",
              ylabel=f"coverage@k on the study's {RL_LEVEL} problems")
     left.legend(fontsize=7)
-    sources = ["se", *BUDGETS.values()]
     conditions = [(w, f) for w in WORLDS for f in FILTERS]
+    width = 0.8 / len(SOURCES)
     for ax, (world, data_filter) in zip(panels, conditions):
-        for j, source in enumerate(sources):
+        for j, source in enumerate(SOURCES):
             picked = [next(r for r in rows if (r["world"], r["filter"], r["setup"], r["source"])
                            == (world, data_filter, s, source)) for s in SETUPS]
             heights = [r["acc"][0] for r in picked]
             errors = [0.0 if math.isnan(r["acc"][1]) else r["acc"][1] for r in picked]
-            ax.bar(np.arange(len(picked)) + (j - 1) * 0.27, heights, 0.27, label=source,
-                   yerr=errors, capsize=3)
+            offset = (j - (len(SOURCES) - 1) / 2) * width
+            ax.bar(np.arange(len(picked)) + offset, heights, width, label=source, yerr=errors,
+                   capsize=3)
         ax.set_xticks(range(len(SETUPS)), list(SETUPS), fontsize=8)
         ax.set(title=f"{world} warm start, {data_filter} data",
                ylabel=f"fine-tuned {RL_LEVEL} greedy accuracy (95%)")
@@ -421,15 +471,16 @@ def main(argv=None):
             samples[world][name] = cached_json(out / f"samples-{world}-{name}.json", draw)
     t_sampling = time.time() - t0 - t_models
 
-    sets = dict(se=("se", s_se), wc_compute=("wc", s_wc), wc_number=("wc", s_se))  # -> (model, k)
+    # data set -> (the model that sampled it, samples per problem)
+    sets = dict(se=("se", s_se), wc_compute=("wc", s_wc), wc_number=("wc", s_se),
+                wc_sized=("wc", s_wc))
     quality = {world: {d: data_quality(problems, samples[world][m], params[m], k, planned_tokens)
-                       for d, (m, k) in sets.items()} for world in WORLDS}
+                       for d, (m, k) in sets.items() if d != "wc_sized"} for world in WORLDS}
     jobs = [(w, f, setup, source, seed) for w in WORLDS for f in FILTERS for setup in SETUPS
             for source in sets for seed in range(study.seeds)]
     runs = {}
     for i, (world, data_filter, setup, source, seed) in enumerate(jobs):
-        m, k = sets[source]
-        kept = kept_data(problems, [s[:k] for s in samples[world][m]["texts"]], data_filter)
+        kept = source_data(problems, samples[world], sets, source, data_filter)
         base = models[world][SETUPS[setup]]
 
         def make(base=base, kept=kept, seed=seed):
@@ -447,9 +498,10 @@ def main(argv=None):
     rows = []
     for world, data_filter, setup, source in dict.fromkeys(j[:4] for j in jobs):
         done = [runs[(world, data_filter, setup, source, s)] for s in range(study.seeds)]
+        accuracies = [r["eval"][RL_LEVEL]["acc"] for r in done]
         rows.append(dict(world=world, filter=data_filter, setup=setup, model=SETUPS[setup],
-                         source=source, kept=done[0]["kept"],
-                         acc=mean_ci95([r["eval"][RL_LEVEL]["acc"] for r in done]),
+                         source=source, kept=done[0]["kept"], acc_seeds=accuracies,
+                         acc=mean_ci95(accuracies),
                          ood_acc=mean_ci95([r["eval"][OOD_LEVEL]["acc"] for r in done])))
     curves = {}
     for world in WORLDS:
@@ -460,13 +512,15 @@ def main(argv=None):
             curves[world][m] = dict(
                 coverage=[coverage_at_k(problems, texts, k) for k in ks],
                 flops=[sampling_flops(params[m], sum(sum(t[:k]) for t in tokens)) for k in ks])
-    verdicts = {f"{w}, {f}, {s}": verdict(rows, w, f, s) for w in WORLDS for f in FILTERS
-                for s in SETUPS}
+    verdicts = {"equal compute": verdict_tests(rows, "wc_compute"),
+                "equal size": verdict_tests(rows, "wc_sized")}
     table = (f"P_SE / P_WC = {params['se']:,} / {params['wc']:,} = {ratio:.2f}; S_SE = {s_se}, "
              f"S_WC = {s_wc}; {len(problems)} problems. kept = answer-correct samples, sorted by "
              f"the step checker into sound, wrong (reasoning) and bare (no reasoning shown); "
              f"FPR = wrong / (sound + wrong); fine-tuned accuracies: mean ± 95% interval over "
-             f"{study.seeds} seeds\n\n" + study_markdown(quality, rows, bases, params))
+             f"{study.seeds} seeds. wc_sized: WC's compute-matched data cut to as many examples as "
+             f"SE's (seen as often). Verdicts: Welch's test over the seeds, Holm over each family "
+             f"of twelve\n\n" + study_markdown(quality, rows, bases, params, verdicts))
     seconds = time.time() - t0
     finetune_seconds = sum(r["seconds"] for r in runs.values())
     write_atomic(out / "results.md", table)
@@ -475,7 +529,8 @@ def main(argv=None):
         times=dict(models=t_models, sampling=t_sampling, finetunes=finetune_seconds),
         ratio=ratio, s_se=s_se, s_wc=s_wc, n_problems=len(problems),
         planned_tokens_per_sample=planned_tokens, data=quality, curves=curves, bases=bases,
-        rows=rows, verdicts=verdicts), indent=1))
+        rows=rows, verdicts={family: {", ".join(condition): test for condition, test in t.items()}
+                             for family, t in verdicts.items()}), indent=1))
     plot_study(curves, rows, out / "study.png")
     print(table + f"\nstudy: {seconds:.0f}s; results in {out}")
     return rows

@@ -265,14 +265,24 @@ def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_any
                                                                  curves[m]["flops"][1:]))
     rows = {(r["world"], r["filter"], r["setup"], r["source"]): r for r in results["rows"]}
     assert set(rows) == {(w, f, s, d) for w in study.WORLDS for f in study.FILTERS
-                         for s in study.SETUPS for d in ("se", "wc_compute", "wc_number")}
+                         for s in study.SETUPS for d in study.SOURCES}
     assert all(len(r["acc"]) == 2 and len(r["ood_acc"]) == 2 for r in rows.values())  # mean, 95%
-    assert set(results["verdicts"].values()) <= {"reproduced", "not reproduced", "not separable"}
+    assert all(len(r["acc_seeds"]) == 2 for r in rows.values())  # one accuracy per seed
+    for key, row in rows.items():  # the control: WC's data cut to SE's size
+        if key[3] == "wc_sized":
+            assert row["kept"] == min(rows[key[:3] + ("se",)]["kept"],
+                                      rows[key[:3] + ("wc_compute",)]["kept"])
+    assert set(results["verdicts"]) == {"equal compute", "equal size"}
+    for family in results["verdicts"].values():
+        assert len(family) == 12
+        assert {t["verdict"] for t in family.values()} <= {"WC better", "SE better",
+                                                            "not separable"}
     runs = [json.loads(p.read_text()) for p in (out / "finetune").glob("*.json")]
-    assert len(runs) == 2 * 2 * 3 * 3 * 2  # worlds x filters x setups x data sets x seeds
+    assert len(runs) == 2 * 2 * 3 * 4 * 2  # worlds x filters x setups x data sets x seeds
     assert any(r["kept"] > 0 and r["final_loss"] is not None for r in runs)
     table = (out / "results.md").read_text()
     assert "coverage@S" in table and "weak_to_strong" in table and (out / "study.png").exists()
+    assert "equal size" in table and "equal compute" in table
 
     calls = []
     monkeypatch.setattr(study, "finetune", lambda *a, **k: calls.append(a))
@@ -311,3 +321,22 @@ def test_bad_study_flags_stop_at_start_up_naming_the_flag(tmp_path, capsys, flag
     assert e.value.code == 2  # argparse's usage error
     assert name in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "study").exists() and not (tmp_path / "bases").exists()
+
+
+def test_a_verdict_is_separable_only_after_holm_over_its_family():
+    rows = []
+    for world in study.WORLDS:
+        for data_filter in study.FILTERS:
+            for setup in study.SETUPS:
+                se = [0.30, 0.31, 0.32]
+                wc = [0.50, 0.51, 0.52] if (world, setup) == ("habits", "distillation") else se
+                rows += [dict(world=world, filter=data_filter, setup=setup, source="se",
+                              acc_seeds=se),
+                         dict(world=world, filter=data_filter, setup=setup, source="wc_compute",
+                              acc_seeds=wc)]
+    tests = study.verdict_tests(rows, "wc_compute")
+    assert len(tests) == 12
+    clear = tests["habits", "sound", "distillation"]
+    assert clear["verdict"] == "WC better" and clear["p_adjusted"] == pytest.approx(
+        min(1.0, 12 * clear["p"]))
+    assert tests["skills", "sound", "distillation"]["verdict"] == "not separable"

@@ -117,6 +117,8 @@ def combination_rules(c):
          "needs clip (dual-clip bounds the clipped term): pass --clip"),
         (c.clip_c > 0 and c.clip_mode != "ppo", "clip_c",
          "needs clip_mode ppo (cispo's weight is bounded already)"),
+        (c.kl_in_reward and c.beta == 0, "kl_in_reward",
+         "needs beta > 0 (the weight of the KL in the reward): pass --beta"),
     ]
 
 

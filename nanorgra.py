@@ -44,7 +44,7 @@ from distributed import gather_objects, gather_step, my_share, rank, setup_devic
 from flags import check_loss_config, switch
 from model import GPT, GPTConfig, Rollout, completion_logits, completion_logprobs, \
     generate, pack, PACK_LEN, pack_rows, packed_logprobs, token_entropy, token_logprobs
-from verifier import STYLE_NAMES, outcome_reward, solution_style
+from verifier import STYLE_NAMES, outcome_reward, reasoning_kind, solution_style
 
 # -----------------------------------------------------------------------------
 # The loss, one small function per concept.
@@ -119,6 +119,9 @@ class LossConfig:
     # the KL term
     beta: float = switch(0.005, "weight of the KL term", at_least=0)
     kl_estimator: str = switch("k3", "k1 | k2 | k3", choices=("k1", "k2", "k3"))
+    kl_in_reward: bool = switch(False, "the KL as a cost in the reward, r_i - beta sum_t kl_it, "
+                                "before the advantages, instead of a loss term (verl's "
+                                "use_kl_in_reward; REINFORCE++, RLOO)")
     # the entropy bonus
     entropy_coef: float = switch(0.0, "weight of the entropy bonus: loss -= entropy_coef * H, H "
                                  "the entropy of the whole next-token distribution", at_least=0)
@@ -313,6 +316,20 @@ def kl_estimate(logp, ref_logp, estimator):
     raise ValueError(f"kl estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
 
 
+def kl_penalised_rewards(rewards, logp, ref_logp, mask, beta, estimator):
+    """
+    The KL in the reward (kl_in_reward; verl's use_kl_in_reward, the REINFORCE++ and RLOO papers'
+    choice) instead of in the loss: each completion pays beta times its summed per-token estimate,
+      r_i <- r_i - beta sum_t kl_it,   kl_it = kl_estimate(logp_it, ref_logp_it)
+    before the advantages are computed from the rewards, so the cost is weighed against the other
+    completions of the group like any reward, and it is a number (no gradient flows through it).
+    rewards: (B, G); logp (the sampler's), ref_logp, mask: (B*G, L) -> (B, G).
+    """
+    kl = kl_estimate(logp, ref_logp, estimator)  # (B*G, L)
+    per_completion = torch.where(mask, kl, torch.zeros_like(kl)).sum(1)  # (B*G,)
+    return rewards - beta * per_completion.view_as(rewards)
+
+
 def aggregate(loss, mask, agg, n_seqs, n_tokens, constant):
     """
     Reduce per-token losses (N, L) over the real tokens (mask) to a scalar. The denominators n_seqs
@@ -379,7 +396,7 @@ def rl_loss(logp, rollout, adv, ref_logp, cfg, denominators):
     if cfg.clip_c > 0:  # dual-clip: for A < 0, a loss of at most -clip_c A
         per_token, bounded = dual_clip(per_token, adv, cfg.clip_c)
         clipped = clipped | bounded
-    if cfg.beta > 0:
+    if cfg.beta > 0 and not cfg.kl_in_reward:  # the KL as a loss term (GRPO's and RGRA's place)
         ref_logp = torch.where(mask, ref_logp, logp.detach())
         per_token = per_token + cfg.beta * kl_estimate(logp, ref_logp, cfg.kl_estimator)
     n_seqs, n_tokens = denominators
@@ -580,7 +597,11 @@ def rl_step(policy, ref, opt, tok, args, step):
     # under torchrun: every process's rows, on every process (one process: as they are)
     rollout, rewards, styles, ref_logp = gather_step(rollout, rewards.to(policy.device), styles,
                                                      ref_logp, tok.pad_id)
-    adv, keep = advantages_for(rewards, args.loss)  # (B*G,) each
+    scores = rewards  # (B, G): what the advantages are computed from
+    if args.loss.kl_in_reward:
+        scores = kl_penalised_rewards(rewards, rollout.logprobs, ref_logp, rollout.mask,
+                                      args.loss.beta, args.loss.kl_estimator)
+    adv, keep = advantages_for(scores, args.loss)  # (B*G,) each
     experience = Experience(rollout, adv, ref_logp, args.temperature, keep)
     t2 = time.perf_counter()
     minibatch_gen = step_rngs(args.seed, step, STREAMS["minibatches"])[1]
@@ -830,6 +851,38 @@ def evaluate_all(model, tok, args, full=True):
     return results
 
 
+# What the summary shows the model writing: the first test problems of the RL level (the first is
+# 4+9*6-3, precedence's example), greedy, before and after RL.
+SHOWN_PROBLEMS = 3
+
+
+def written_solutions(model, tok, problems, sampling, seed=0):
+    """What the model writes: sampling.k completions of each problem (a Sampling), each with what
+    the verifier says of it: [[{text, reward, right, style, reasoning}, ...] per problem].
+    reasoning is verifier.reasoning_kind: sound, wrong reasoning, no reasoning or wrong answer."""
+    prompts = [prompt_text(p) for p in problems]
+    texts, _ = sample_texts(model, tok, prompts, sampling, seed)
+    written = []
+    for i, problem in enumerate(problems):
+        own = texts[i * sampling.k:(i + 1) * sampling.k]
+        written.append([dict(text=t, reward=outcome_reward(t, problem),
+                             right=outcome_reward(t, problem) >= 1,
+                             style=solution_style(t, problem.expr),
+                             reasoning=reasoning_kind(t, problem)) for t in own])
+    return written
+
+
+def before_and_after(base, policy, tok, args):
+    """The first SHOWN_PROBLEMS test problems of the RL level, and the base's and the trained
+    policy's greedy solution of each (written_solutions), for the summary."""
+    problems = load_test_set(RL_LEVEL)[:SHOWN_PROBLEMS]
+    greedy = Sampling(1, 0.0, args.max_new_tokens)
+    base_writes = written_solutions(base, tok, problems, greedy)
+    trained_writes = written_solutions(policy, tok, problems, greedy)
+    return [dict(expr=p.expr, answer=p.answer, base=b[0], trained=t[0])
+            for p, b, t in zip(problems, base_writes, trained_writes)]
+
+
 def base_evaluation(base, tok, args, base_path):
     """evaluate_all of the base, cached beside it: every run of a sweep starts from the
     same numbers."""
@@ -904,7 +957,7 @@ def train(args, log=print):
             if stop:
                 return None
     run.log_eval(args.steps - 1, evaluate_all(policy, tok, args))
-    return run.finish(base_path)
+    return run.finish(base_path, before_and_after(base, policy, tok, args))
 
 
 def parse_args(argv=None):

@@ -294,8 +294,9 @@ class RunDir:
                              f"{self.dir / 'ckpt.pt'} (step {self.saved}), was not touched. "
                              f"Try a lower --lr.") from None
 
-    def finish(self, base_path):
-        """summary.json and run.png, from the logs; the summary (on every rank)."""
+    def finish(self, base_path, solutions=()):
+        """summary.json and run.png, from the logs and what the model writes before and after
+        (solutions); the summary (on every rank)."""
         if self.writes:
             rows = read_jsonl(self.dir / "metrics.jsonl")
             evals = read_jsonl(self.dir / "eval.jsonl")
@@ -303,7 +304,8 @@ class RunDir:
             last_steps = {key: mean_of_last(rows, key) for key in smoothed}
             times = {key: sum(r[key] for r in rows) for key in ("t_sample", "t_score", "t_learn")}
             summary = dict(base=evals[0], final=evals[-1], steps=len(rows),
-                           base_path=str(base_path), last_steps=last_steps, times=times)
+                           base_path=str(base_path), last_steps=last_steps, times=times,
+                           solutions=list(solutions))
             write_atomic(self.dir / "summary.json", json.dumps(summary, indent=1))
             plot_run(self.dir, rows, evals)
         barrier()
@@ -332,6 +334,7 @@ def print_summary(summary, run_dir, seconds):
     """The base -> trained table, the styles of the greedy outputs, and where the time went."""
     base, final = summary["base"], summary["final"]
     lines = [summary_table(base, final), style_line(base, final),
+             *solution_lines(summary.get("solutions", [])),
              time_line(summary["times"], run_dir, seconds)]
     print("\n".join(lines))
 
@@ -355,6 +358,26 @@ def style_line(base, final):
     changes = [f"{style} {n} -> {final[RL_LEVEL]['styles'][style]}"
                for style, n in base[RL_LEVEL]["styles"].items()]
     return f"{RL_LEVEL} greedy outputs by solution style, base -> trained: " + ", ".join(changes)
+
+
+def solution_lines(solutions):
+    """What the model writes, before and after, a problem at a time (nanorgra.before_and_after)."""
+    if not solutions:
+        return []
+    lines = [f"what the model writes (greedy) for the first {len(solutions)} {RL_LEVEL} test "
+             f"problems, base -> trained:"]
+    for shown in solutions:
+        lines.append(f"  Q:{shown['expr']}  (answer {shown['answer']})")
+        for who in ("base", "trained"):
+            lines.append(f"    {who + ':':<9}{written_line(shown[who])}")
+    return lines
+
+
+def written_line(written):
+    """One completion on one line, with what the verifier says of it (nanorgra.written_solutions):
+    "9*6=54 4+54=58 58-3=55 A:55   right, careful"."""
+    verdict = "right" if written["right"] else "wrong"
+    return f"{written['text'].replace(chr(10), ' '):<36} {verdict}, {written['style']}"
 
 
 def time_line(times, run_dir, seconds):

@@ -705,3 +705,66 @@ def test_the_base_evaluation_cache_is_keyed_by_the_runs_format_reward(tmp_path, 
     run_main(tmp_path / "a", base_dir, "--steps", "1", "--format-reward", "0.25")
     run_main(tmp_path / "b", base_dir, "--steps", "1", "--format-reward", "0.5")
     assert len(set(base_dir.glob("*.eval-*.json")) - before) == 2
+
+
+# -----------------------------------------------------------------------------
+# The KL in the reward (kl_in_reward)
+
+
+def test_kl_in_the_reward_subtracts_beta_times_each_completions_summed_kl_as_a_plain_loop_does():
+    logp, rows, ref_logp = batch(seed=3)
+    rewards = REWARDS.clone()
+    for estimator in ("k1", "k2", "k3"):
+        got = nanorgra.kl_penalised_rewards(rewards, rows.logprobs, ref_logp, rows.mask, 0.05,
+                                            estimator)
+        expected = rewards.clone()
+        for i in range(N):
+            kl = 0.0
+            for t in range(L):
+                if rows.mask[i, t]:
+                    x = float(ref_logp[i, t] - rows.logprobs[i, t])
+                    kl += {"k1": -x, "k2": 0.5 * x * x, "k3": math.exp(x) - x - 1}[estimator]
+            expected.view(-1)[i] -= 0.05 * kl
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_with_the_kl_in_the_reward_the_loss_has_no_kl_term():
+    logp, rows, ref_logp = batch(seed=4)
+    adv = torch.randn(N, generator=torch.Generator().manual_seed(0))
+    in_reward = replace(nanorgra.PRESETS["rgra"], beta=0.05, kl_in_reward=True)
+    no_kl = replace(nanorgra.PRESETS["rgra"], beta=0.0)
+    a, _ = nanorgra.rl_loss(logp, rows, adv, ref_logp, in_reward, counts_of(rows))
+    b, _ = nanorgra.rl_loss(logp, rows, adv, ref_logp, no_kl, counts_of(rows))
+    assert a.item() == b.item()
+
+
+def test_an_rl_step_with_the_kl_in_the_reward_computes_its_advantages_from_the_penalised_rewards(
+        monkeypatch):
+    args = nanorgra.parse_args(["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--prompts",
+                                "2", "--group", "4", "--max-new-tokens", "30", "--beta", "0.05",
+                                "--kl-in-reward", "--kl-estimator", "k1", "--device", "cpu"])
+    tok = get_tokenizer()
+    config = GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32)
+    ref, policy = GPT(config, seed=0), GPT(config, seed=1)
+    seen = {}
+    real = nanorgra.advantages_for
+
+    def spy(scores, cfg):
+        seen["scores"] = scores.clone()
+        return real(scores, cfg)
+
+    monkeypatch.setattr(nanorgra, "advantages_for", spy)
+    monkeypatch.setattr(nanorgra, "outcome_reward", lambda *a: 0.0)  # every reward 0: only KL
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+    problems, rollout = nanorgra.sample_batch(copy.deepcopy(policy), tok, args, 0)
+    nanorgra.rl_step(policy, ref, opt, tok, args, 0)
+    with torch.no_grad():
+        ref_logp = completion_logprobs(ref, rollout, 1.0)
+    kl_sum = ((rollout.logprobs - ref_logp) * rollout.mask).sum(1)  # k1 = log pi - log pi_ref
+    torch.testing.assert_close(seen["scores"].flatten(), -0.05 * kl_sum, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kl_in_the_reward_needs_a_kl_weight():
+    with pytest.raises(flags.SwitchError) as e:
+        replace(nanorgra.PRESETS["rgra"], beta=0.0, kl_in_reward=True)
+    assert e.value.switch == "kl_in_reward"

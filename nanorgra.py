@@ -404,7 +404,8 @@ def rl_loss(logp, rollout, adv, ref_logp, cfg, denominators):
     rho = rho.detach()[mask]
     no_tokens = torch.ones((), device=rho.device)  # the largest ratio of no token: 1
     stats = dict(tokens=mask.sum(), ratio_sum=rho.double().sum(), clipped=(clipped & mask).sum(),
-                 ratio_max=rho.max() if len(rho) else no_tokens)
+                 ratio_max=rho.max() if len(rho) else no_tokens,
+                 ratio_min=rho.min() if len(rho) else no_tokens)
     return loss, stats
 
 
@@ -534,7 +535,7 @@ def learn(policy, opt, experience, cfg, gen):
                     entropy = token_entropy(logits, experience.temperature)  # (n, L)
                     loss = loss + entropy_bonus(entropy, part.mask, cfg, denominators)
                 loss.backward()
-                records.append(dict(stats, loss=loss.detach()))
+                records.append(dict(stats, loss=loss.detach(), update=len(norms)))
             sum_gradients_over_ranks(policy)
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or math.inf)
             if not torch.isfinite(norm):  # a non-finite loss gives it too, and on every rank
@@ -576,7 +577,9 @@ def with_trainer_old_logprobs(policy, experience, first_pass, cfg):
 def learn_stats(records, norms):
     """learn()'s statistics: the micro-batches' sums added up (in float64, one .item() each, not one
     per micro-batch) and, under torchrun, over the processes (sum_over_ranks); the largest ratio;
-    and the gradient norm of every optimizer step."""
+    the gradient norm of every optimizer step; and for each optimizer step this process's share of
+    clipped tokens and its smallest and largest ratio (per_update: how the ratio leaves 1 as a
+    reused batch goes stale)."""
     sums = dict(tokens=0, ratio_sum=0.0, clipped=0, loss=0.0)
     ratio_max = 1.0  # the largest ratio of no token
     if records:
@@ -584,7 +587,25 @@ def learn_stats(records, norms):
         ratio_max = torch.stack([r["ratio_max"] for r in records]).max().item()
     sums = sum_over_ranks(sums)
     ratio_max = sum_over_ranks(dict(ratio_max=ratio_max), op="max")["ratio_max"]
-    return dict(sums, ratio_max=ratio_max, norms=norms)
+    return dict(sums, ratio_max=ratio_max, norms=norms, per_update=per_update_stats(records))
+
+
+def per_update_stats(records):
+    """[{clip_frac, ratio_min, ratio_max}] for each optimizer step of learn(), from its
+    micro-batches' records (one read of each statistic, not one per record)."""
+    if not records:
+        return []
+    columns = {key: torch.stack([r[key] for r in records]).double().tolist()
+               for key in ("tokens", "clipped", "ratio_min", "ratio_max")}
+    updates = [r["update"] for r in records]
+    per_update = []
+    for u in sorted(set(updates)):
+        rows = [i for i, v in enumerate(updates) if v == u]
+        tokens = sum(columns["tokens"][i] for i in rows) or 1
+        per_update.append(dict(clip_frac=sum(columns["clipped"][i] for i in rows) / tokens,
+                               ratio_min=min(columns["ratio_min"][i] for i in rows),
+                               ratio_max=max(columns["ratio_max"][i] for i in rows)))
+    return per_update
 
 
 def rl_step(policy, ref, opt, tok, args, step):

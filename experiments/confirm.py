@@ -57,7 +57,7 @@ import numpy as np
 import nanorgra
 from experiments import stats
 from experiments.regimes import MAP_FLAGS, MEASURES, MapRun, run_measures, run_name
-from experiments.sweep import read_run, run_all, run_one, warm_start_once
+from experiments.sweep import add_modes, read_run, run_all, run_one, warm_start_once
 from rundir import save_figure, write_atomic
 
 
@@ -268,13 +268,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Any other flag goes to every run.")
     p.add_argument("--confirm-dir", default="runs/confirm", help="where the runs go (runs/confirm)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, as in experiments/sweep.py")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--print-commands", action="store_true",
-                      help="print the commands of the warm starts and of every run; run nothing")
-    mode.add_argument("--run", default=None, metavar="NAME", help="one run, by its directory name")
-    mode.add_argument("--collect", action="store_true",
-                      help="write the report of the finished runs; run nothing")
+    add_modes(p, "the report")
     return p
 
 

@@ -4,7 +4,7 @@ run along the axis on which it is supposed to matter, with the same seeds for on
 fixes the first batch), and every cell reports the per-seed difference on - off with its 95%
 interval.
 
-    python experiments/regimes.py --quick --jobs 2        # the reduced map: 24 runs
+    python experiments/regimes.py --quick --jobs 2        # the reduced map: 30 runs
     python experiments/regimes.py --jobs 2                # the full map: 155 runs; resumable
     python experiments/regimes.py --print-commands        # the full map as one command a line
     python experiments/regimes.py --collect               # tables and figures of finished runs
@@ -15,9 +15,10 @@ The components and their axes (CELLS below):
                        same reuse (ratio and clip); CISPO and dual-clip against PPO's clip
   KL                   learning rate x beta: beta > 0 against beta = 0; read the gain, collapses,
                        and what the base knew (the atoms, ood4): forgetting
-  negative feedback    positive-only against both signs, under the RGRA paper's conditions as far as
-                       they transfer (its format reward 0.1, groups of 4, a larger learning rate,
-                       120 steps); read reward, entropy and length over the steps
+  negative feedback    positive-only against both signs, under the RGRA paper's reward (its format
+                       bonus 0.1) with smaller groups than its G = 8 (4, from twice the prompts: the
+                       same 128 samples a step), a larger learning rate and 120 steps; read reward,
+                       entropy and length over the steps
   std and aggregation  std normalisation off against on, token-mean and seq-sum-norm against
                        seq-mean-token-mean: which habit RL selects (careful or shortcut, which
                        differ in length), and the response length
@@ -27,9 +28,21 @@ flags, so a run that two cells share (the same flags and seed) runs once. As in 
 a finished run is reused and an interrupted one resumed: the same command continues a map across
 sessions. Writes results.md, results.json (the command and its seconds), and the figures.
 
-Paired statistics (paired_difference): d_s = on_s - off_s for each seed s of the cell, its mean and
-t_{0.975, n-1} * sd(d) / sqrt(n); a cell is separable when that interval excludes 0. Collapse: the
-rule of experiments/sweep.py (collapsed), counted per arm.
+The statistics (experiments/stats.py), fixed before the map was re-read: for each cell and
+measure, d_s = on_s - off_s for each seed s, its mean with the 95% paired t interval, and the exact
+two-sided sign-flip p (with 5 seeds it cannot go below 0.0625, so no 5-seed cell can be separable
+at 5% by it). The families (FAMILIES): the primary measure is greedy accuracy on the RL level
+(acc), one family of every cell; the atoms are a second family; every other measure is
+exploratory, each its own family;
+clip_frac is no test at all (0 in an unclipped arm by construction). Holm adjusts the p of each
+family, and "separable" means an adjusted p < 0.05. Collapse: the rule of experiments/sweep.py
+(collapsed), counted per arm; since the arms share seeds, their counts are compared with McNemar's
+exact test, Holm over the cells (the collapse family). Per-seed values of every measure are saved.
+
+History, for a reader of the results: the map's cells were re-aimed after its quick form, and the
+reuse cells at lr 3e-4 got 10 seeds instead of 5 after a first look at 5; the quick form's cells
+were then chosen where the map measured the largest effects, and collected from the map's own runs
+(a subset, not a replication). experiments/confirm.py tests the map's findings on fresh seeds.
 """
 
 import argparse
@@ -37,6 +50,7 @@ import json
 import math
 import shlex
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +63,9 @@ import numpy as np
 
 import nanorgra
 from data.tasks import OOD_LEVEL, RL_LEVEL
-from experiments.sweep import T_975, collapsed, mean_of_last_steps, read_run, run_all, run_one, \
-    warm_start_once
+from experiments import stats
+from experiments.sweep import add_modes, collapsed, mean_of_last_steps, read_run, run_all, \
+    run_one, warm_start_once
 from rundir import save_figure, write_atomic
 
 # Every run of the map evaluates once, at its end (and at step 60 of a longer run): greedy accuracy
@@ -129,18 +144,19 @@ def kl_cells(seeds):
     return cells
 
 
-# The negatives' conditions: the default, then the RGRA paper's as far as they transfer (its format
-# reward, groups of 4 from twice the prompts: the same 128 samples a step, twice the steps) at a
-# learning rate where the policy moves far (3e-4) and where RGRA itself is unstable (1e-3)
-def papers_conditions(lr):
+# The negatives' conditions: the default, then the RGRA paper's reward (its format bonus) with
+# groups of 4 from twice the prompts (the same 128 samples a step; the paper's G is 8), twice the
+# steps, at a learning rate where the policy moves far (3e-4) and where RGRA itself is unstable
+# (1e-3)
+def papers_reward(lr):
     return ("--format-reward", "0.1", "--group", "4", "--prompts", "32", "--lr", lr,
             "--steps", "120")
 
 
 NEGATIVE_CONDITIONS = {
     "default": (),
-    "paper's conditions, lr 3e-4, 120 steps": papers_conditions("3e-4"),
-    "paper's conditions, lr 1e-3, 120 steps": papers_conditions("1e-3"),
+    "paper's reward, G = 4, lr 3e-4, 120 steps": papers_reward("3e-4"),
+    "paper's reward, G = 4, lr 1e-3, 120 steps": papers_reward("1e-3"),
 }
 
 
@@ -171,16 +187,16 @@ def full_map(seeds=5):
     return reuse_cells(seeds) + kl_cells(seeds) + negative_cells(seeds) + aggregation_cells(seeds)
 
 
-# The quick form: one cell per component, where the full map measured its largest effect on the
-# RL-level accuracy (README "When each switch matters"): ratio and clip together at lr 3e-4 with 8
-# minibatches (CISPO's larger loss there is the CISPO preset's, not its clipping alone); KL at ten
-# times the paper's weight at lr 1e-3; the negatives under the paper's conditions at lr 1e-3, where
+# The quick form, and each component's headline cell (its trajectory figure): one cell per
+# component, where the full map measured its largest effect on the RL-level accuracy (chosen after
+# the map ran): ratio and clip together against RGRA at lr 3e-4 with 8 minibatches; KL at ten times
+# the paper's weight at lr 1e-3; the negatives under the paper's reward at lr 1e-3, where
 # positive-only runs shrink to a few tokens; token-mean aggregation at the default point.
 QUICK_CELLS = {
     "ratio and clipping": ("grpo vs rgra", "minibatches 8", 3e-4),
     "KL": ("beta 0.05 vs 0", "beta 0.05", 1e-3),
-    "negative feedback": ("both signs vs positive-only", "paper's conditions, lr 1e-3, 120 steps",
-                          2),
+    "negative feedback": ("both signs vs positive-only",
+                          "paper's reward, G = 4, lr 1e-3, 120 steps", 2),
     "std and aggregation": ("token-mean vs seq-mean-token-mean", "token-mean", 0),
 }
 QUICK_SEEDS = 3
@@ -256,114 +272,217 @@ def run_measures(files):
 
 MEASURES = ("acc", "gain", "atoms", "atoms_min", "ood", "length", "entropy", "kl", "clip_frac",
             "reward", "careful", "shortcut", "left_to_right", "bare")
+# The families of tests, decided before the map was re-read: Holm adjusts within each. gain is acc
+# less the base's (the same test as acc), clip_frac is 0 in an unclipped arm by construction: no
+# test of their own.
+FAMILIES = {"acc": "primary", "atoms": "secondary"}
+NOT_TESTED = ("gain", "clip_frac")
 
 
-def paired_difference(on, off):
-    """on, off: one number per seed, the same seeds in the same order. The mean of d = on - off, the
-    half-width of its 95% interval t_{0.975, n-1} sd(d) / sqrt(n) (nan below two seeds, and where a
-    number is missing), and whether the interval excludes 0."""
-    d = np.asarray(on, dtype=float) - np.asarray(off, dtype=float)
-    if len(d) < 2 or np.isnan(d).any():
-        return dict(mean=float(np.mean(d)) if len(d) else math.nan, half=math.nan, separable=False)
-    t = T_975[len(d) - 2] if len(d) - 1 <= len(T_975) else 1.96
-    half = float(t * d.std(ddof=1) / math.sqrt(len(d)))
-    mean = float(d.mean())
-    return dict(mean=mean, half=half, separable=bool(abs(mean) > half))
+def family_of(measure):
+    if measure in NOT_TESTED:
+        return None
+    return FAMILIES.get(measure, "exploratory")
 
 
 def cell_result(cell, measured):
-    """A cell's paired differences for every measure, the arms' means, and their collapses."""
+    """A cell's paired summaries for every measure (experiments/stats.py), every seed's value of
+    each arm, and their collapses with McNemar's exact p."""
     on = [measured[run_name(cell.on, s)] for s in range(cell.seeds)]
     off = [measured[run_name(cell.off, s)] for s in range(cell.seeds)]
-    diffs = {m: paired_difference([r[m] for r in on], [r[m] for r in off]) for m in MEASURES}
-    means = {arm: {m: float(np.mean([r[m] for r in runs])) for m in MEASURES}
-             for arm, runs in (("on", on), ("off", off))}
+    diffs = {m: stats.paired_summary([r[m] for r in on], [r[m] for r in off]) for m in MEASURES}
+    arms = {arm: {m: [r[m] for r in runs] for m in MEASURES + ("collapsed",)}
+            for arm, runs in (("on", on), ("off", off))}
+    means = {arm: {m: float(np.mean(values[m])) for m in MEASURES} for arm, values in arms.items()}
     return dict(component=cell.component, pair=cell.pair, line=cell.line, x=cell.x,
-                seeds=cell.seeds, on=list(cell.on), off=list(cell.off), diff=diffs, means=means,
-                collapsed_on=sum(r["collapsed"] for r in on),
-                collapsed_off=sum(r["collapsed"] for r in off))
+                seeds=cell.seeds, on=list(cell.on), off=list(cell.off), diff=diffs, arms=arms,
+                means=means, collapsed_on=sum(arms["on"]["collapsed"]),
+                collapsed_off=sum(arms["off"]["collapsed"]),
+                collapse=dict(p=stats.mcnemar_exact(arms["on"]["collapsed"],
+                                                    arms["off"]["collapsed"])))
+
+
+def adjust_by_family(results):
+    """Holm's adjusted p and "separable" (adjusted p < 0.05) for every test of every cell: each
+    tested measure is adjusted over the cells (its family's tests), the collapses too."""
+    for m in MEASURES:
+        tests = [r["diff"][m] for r in results]
+        family = family_of(m)
+        adjusted = stats.holm([t["p"] if family else math.nan for t in tests])
+        for test, p_adjusted in zip(tests, adjusted):
+            test.update(family=family, p_adjusted=p_adjusted,
+                        separable=bool(p_adjusted < stats.ALPHA))
+    collapses = [r["collapse"] for r in results]
+    for test, p_adjusted in zip(collapses, stats.holm([c["p"] for c in collapses])):
+        test.update(p_adjusted=p_adjusted, separable=bool(p_adjusted < stats.ALPHA))
+    return results
 
 
 # -----------------------------------------------------------------------------
 # Tables and figures
 
 
-def fmt_diff(d, digits=3):
+def interval(d, digits=3):
+    """ "+0.156 [+0.009, +0.303]"; "n/a" where there is no number."""
     if math.isnan(d["mean"]):
         return "n/a"
-    text = f"{d['mean']:+.{digits}f}"
-    if not math.isnan(d["half"]):
-        text += f" ± {d['half']:.{digits}f}"
-    return f"**{text}**" if d["separable"] else text
+    if math.isnan(d["half"]):
+        return f"{d['mean']:+.{digits}f}"
+    low, high = d["mean"] - d["half"], d["mean"] + d["half"]
+    return f"{d['mean']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def p_text(p):
+    return "n/a" if math.isnan(p) else f"{p:.3f}"
+
+
+def tested(d, digits=3):
+    """A test in a table cell: the interval, its raw and adjusted p; bold where separable."""
+    text = f"{interval(d, digits)}, p {p_text(d['p'])}, adj. {p_text(d['p_adjusted'])}"
+    return f"**{text}**" if d.get("separable") else text
+
+
+EXPLORATORY = ("ood", "entropy", "length", "kl", "reward", "careful", "shortcut")
 
 
 def results_markdown(results):
-    """One table per component: a row per cell, on - off of the main measures (bold: separable)."""
-    columns = [("acc", 3), ("atoms", 3), ("ood", 3), ("entropy", 3), ("length", 1), ("kl", 4),
-               ("clip_frac", 4), ("careful", 2), ("shortcut", 2)]
-    lines = ["on - off per seed, mean ± 95% interval (Student's t on the paired differences); "
-             "bold: the interval excludes 0. collapsed: runs of the arm that met the collapse "
-             "rule."]
+    """Per component, a table of its cells: the primary test (acc) and the secondary one (atoms),
+    each with its raw and Holm-adjusted p, and the collapses; then the exploratory measures."""
+    lines = [
+        "d = on - off per seed: mean [95% paired t interval], p = exact sign-flip p, adj. = Holm "
+        "within the measure's family (primary: acc, over every cell; secondary: atoms; the rest "
+        "exploratory, each measure its own family). Bold: adjusted p < 0.05. With 5 seeds the "
+        "smallest possible p is 0.0625. Collapsed: runs of each arm that met the collapse rule; "
+        "p: McNemar's exact test (the arms share their seeds), adj. over every cell."]
+    head = ["pair", "cell", "x", "seeds", "acc on", "acc off", "primary: d acc",
+            "secondary: d atoms", "collapsed on / off"]
     for component in dict.fromkeys(r["component"] for r in results):
         rows = [r for r in results if r["component"] == component]
-        head = ["pair", "cell", "x", "seeds", "acc on", "acc off"] + [f"Δ {c}" for c, _ in columns]
-        head.append("collapsed on / off")
         lines += ["", f"### {component}", "", "| " + " | ".join(head) + " |",
                   "|" + " --- |" * len(head)]
         for r in rows:
+            collapse = (f"{r['collapsed_on']} / {r['collapsed_off']} (p {r['collapse']['p']:.3f},"
+                        f" adj. {r['collapse']['p_adjusted']:.3f})")
             cells = [r["pair"], r["line"], f"{r['x']:g}", str(r["seeds"]),
-                     f"{r['means']['on']['acc']:.3f}", f"{r['means']['off']['acc']:.3f}"]
-            cells += [fmt_diff(r["diff"][c], d) for c, d in columns]
-            cells.append(f"{r['collapsed_on']} / {r['collapsed_off']}")
+                     f"{r['means']['on']['acc']:.3f}", f"{r['means']['off']['acc']:.3f}",
+                     tested(r["diff"]["acc"]), tested(r["diff"]["atoms"]), collapse]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "### exploratory measures (d, raw p; not corrected across measures)", "",
+              "| component | pair | cell | x | " + " | ".join(EXPLORATORY) + " |",
+              "|" + " --- |" * (len(EXPLORATORY) + 4)]
+    for r in results:
+        cells = [f"{interval(r['diff'][m], 2 if m != 'kl' else 4)} (p {p_text(r['diff'][m]['p'])})"
+                 for m in EXPLORATORY]
+        lines.append(f"| {r['component']} | {r['pair']} | {r['line']} | {r['x']:g} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def mean_interval(values):
+    """Mean and 95% t half-width of one arm's per-seed values (nan half-width below two)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), math.nan
+    t = stats.t_quantile(0.975, len(values) - 1)
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def axis_of(rows):
+    """Where a pair's cells sit on the x axis, and their tick labels: the learning rate on a log
+    scale when the cells differ only in it; else one named category per cell."""
+    lrs = [r["x"] for r in rows]
+    numeric = len(rows) > 1 and len({r["line"] for r in rows}) == 1 and min(lrs) > 0
+    if numeric:
+        return lrs, [lr_text(x) for x in lrs], f"learning rate ({rows[0]['line']})", True
+    if rows[0]["component"] in LR_AXIS:  # one cell on a learning-rate axis: name its point
+        return [0], [f"lr {lr_text(rows[0]['x'])}, {rows[0]['line']}"], "", False
+    return list(range(len(rows))), [r["line"] for r in rows], "", False
+
+
+LR_AXIS = ("ratio and clipping", "KL")  # the components whose x is the learning rate
+
+
+def lr_text(x):
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
 def plot_component(results, component, measure, path):
-    """The component's pairs along its axis: on and off as two lines with 95% bands (over seeds),
-    one panel per pair and line of cells."""
+    """One column per pair of the component: above, both arms' mean and 95% interval over seeds at
+    each cell (so that "both arms collapsed" shows); below, the paired difference on - off with its
+    interval, and under each cell its collapse counts and the difference's Holm-adjusted p."""
     groups = {}
     for r in results:
         if r["component"] == component:
-            groups.setdefault((r["pair"], r["line"]), []).append(r)
-    fig = Figure((5 * min(len(groups), 4), 4 * math.ceil(len(groups) / 4)), layout="tight")
-    axes = np.atleast_1d(fig.subplots(math.ceil(len(groups) / 4), min(len(groups), 4))).flat
-    for ax, ((pair, line), rows) in zip(axes, groups.items()):
+            groups.setdefault(r["pair"], []).append(r)
+    widths = [max(3.6, 2.6 * len(rows)) for rows in groups.values()]
+    fig = Figure((sum(widths), 7.2), layout="constrained")
+    axes = np.array(fig.subplots(2, len(groups), sharex="col", squeeze=False,
+                                 width_ratios=widths))
+    for col, (pair, rows) in enumerate(groups.items()):
         rows = sorted(rows, key=lambda r: r["x"])
-        xs = [r["x"] for r in rows]
-        diff = np.array([r["diff"][measure]["mean"] for r in rows])
-        half = np.nan_to_num(np.array([r["diff"][measure]["half"] for r in rows]))
-        ax.plot(xs, diff, marker="o", label="on - off")
-        ax.fill_between(xs, diff - half, diff + half, alpha=0.2)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set(title=f"{pair}, {line}", xlabel="stress axis", ylabel=f"Δ {measure} (95% interval)")
-        if len(set(xs)) > 1 and min(xs) > 0 and max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
+        xs, labels, xlabel, log = axis_of(rows)
+        joined = "o-" if log else "o"  # a line joins points of one axis, not named conditions
+        top, bottom = axes[0, col], axes[1, col]
+        for arm, color, shift in (("on", "tab:blue", -0.04), ("off", "tab:orange", 0.04)):
+            points = [mean_interval(r["arms"][arm][measure]) for r in rows]
+            where = [x * (1 + shift) if log else x + shift for x in xs]
+            top.errorbar(where, [m for m, _ in points], yerr=[np.nan_to_num(h) for _, h in points],
+                         fmt=joined, color=color, capsize=4,
+                         label=f"{arm}: " + pair.split(" vs ")[0 if arm == "on" else 1])
+        diffs = [r["diff"][measure] for r in rows]
+        bottom.errorbar(xs, [d["mean"] for d in diffs],
+                        yerr=[np.nan_to_num(d["half"]) for d in diffs],
+                        fmt=joined.replace("o", "s"), color="black", capsize=4)
+        bottom.axhline(0, color="grey", lw=0.8)
+        top.set(title=pair, ylabel=f"{measure}: arm mean, 95% interval")
+        if measure in ("acc", "atoms"):
+            top.set_ylim(-0.02, 1.02)
+        top.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=2,
+                   frameon=False)
+        bottom.set(xlabel=xlabel, ylabel=f"d {measure} = on - off (paired)")
+        ticks = [f"{textwrap.fill(label, 22)}\ncollapsed {r['collapsed_on']}/{r['collapsed_off']} "
+                 f"of {r['seeds']}\nadj. p {p_text(d['p_adjusted'])}"
+                 for label, r, d in zip(labels, rows, diffs)]
+        if log:
+            bottom.set_xscale("log")
+            bottom.set_xticks(xs, ticks, fontsize=8)
+            bottom.minorticks_off()
+            bottom.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+        else:
+            bottom.set_xticks(xs, ticks, fontsize=8)
+            bottom.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    fig.suptitle(f"{component}: {measure} of each arm (mean, 95% interval) and on - off "
+                 f"(paired)", fontsize=11)
     save_figure(fig, path)
 
 
-def largest_effect(results, component):
-    """The component's cell whose accuracy difference is largest (separable cells first)."""
+def headline_cell(results, component):
+    """The component's headline cell: QUICK_CELLS's (where the full map measured its largest
+    effect), or in another map the cell with the largest accuracy difference."""
     rows = [r for r in results if r["component"] == component]
-    return max(rows, key=lambda r: (r["diff"]["acc"]["separable"], abs(r["diff"]["acc"]["mean"])))
+    named = [r for r in rows if (r["pair"], r["line"], r["x"]) == QUICK_CELLS.get(component)]
+    return named[0] if named else max(rows, key=lambda r: abs(r["diff"]["acc"]["mean"]))
 
 
 def plot_trajectories(cell, histories, path):
     """Batch reward, entropy and response length per step of one cell, on and off: the mean over its
     seeds with a 95% band (how the paper saw collapse: reward and length falling, entropy too)."""
-    fig = Figure((15, 4), layout="tight")
+    fig = Figure((15, 4.4), layout="constrained")
     for ax, key in zip(fig.subplots(1, 3), ("reward", "entropy", "resp_len")):
         for arm in ("on", "off"):
             runs = [histories[run_name(tuple(cell[arm]), s)] for s in range(cell["seeds"])]
             steps = min(len(rows) for rows in runs)
             values = np.array([[row[key] for row in rows[:steps]] for rows in runs], dtype=float)
             mean = values.mean(0)
-            half = T_975[len(runs) - 2] * values.std(0, ddof=1) / math.sqrt(len(runs))
+            half = (stats.t_quantile(0.975, len(runs) - 1) * values.std(0, ddof=1)
+                    / math.sqrt(len(runs)))
             x = np.arange(1, steps + 1)
-            ax.plot(x, mean, label=f"{arm}: {' '.join(cell[arm])}")
+            ax.plot(x, mean, label=f"{arm}: {' '.join(cell[arm])} "
+                                   f"(collapsed {cell['collapsed_' + arm]}/{cell['seeds']})")
             ax.fill_between(x, mean - half, mean + half, alpha=0.2)
         ax.set(xlabel="RL steps done", ylabel=key)
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=1, frameon=False)
     fig.suptitle(f"{cell['component']}: {cell['pair']}, {cell['line']}, x = {cell['x']:g} "
                  f"(mean over {cell['seeds']} seeds, 95% band)")
     save_figure(fig, path)
@@ -379,13 +498,7 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="the reduced map: one cell per component")
     p.add_argument("--regimes-dir", default=None,
                    help="runs/regimes, or runs/regimes-quick with --quick")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, as in experiments/sweep.py")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--print-commands", action="store_true",
-                      help="print the commands of the warm start and of every run; run nothing")
-    mode.add_argument("--run", default=None, metavar="NAME", help="one run, by its directory name")
-    mode.add_argument("--collect", action="store_true",
-                      help="write the tables and figures of the finished runs; run nothing")
+    add_modes(p, "the tables and figures")
     return p
 
 
@@ -424,7 +537,7 @@ def collect(cells, runs):
     files = {r.name: read_run(r.dir) for r in runs}
     measured = {name: run_measures(f) for name, f in files.items()}
     histories = {name: f["metrics"] for name, f in files.items()}
-    return [cell_result(cell, measured) for cell in cells], histories
+    return adjust_by_family([cell_result(cell, measured) for cell in cells]), histories
 
 
 def main(argv=None):
@@ -451,7 +564,7 @@ def main(argv=None):
     for component in dict.fromkeys(c.component for c in cells):
         slug = component.replace(" ", "_")
         plot_component(results, component, "acc", out / f"regimes_{slug}.png")
-        cell = largest_effect(results, component)
+        cell = headline_cell(results, component)
         plot_trajectories(cell, histories, out / f"regimes_{slug}_trajectories.png")
     print(table + f"\nregimes: {len(runs)} runs; {time.time() - t0:.0f}s; results in {out}")
     return results

@@ -370,6 +370,13 @@ def build_parser():
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated, from: " + ", ".join(VARIANTS))
     p.add_argument("--sweep-dir", default=None, help="runs/sweep, or runs/sweep-quick with --quick")
+    add_modes(p, "the tables and plots")
+    return p
+
+
+def add_modes(p, what):
+    """The flags every experiment shares: --jobs, and one of --print-commands, --run NAME and
+    --collect (what: what --collect writes)."""
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each in its own process (one CPU thread, or one GPU, each)")
     mode = p.add_mutually_exclusive_group()
@@ -377,11 +384,10 @@ def build_parser():
                       help="print the commands of the warm start and of every run, one a line; "
                            "run nothing")
     mode.add_argument("--run", default=None, metavar="NAME",
-                      help="one run (<variant>-seed<seed>), or 'warm-start', as --print-commands "
-                           "prints them")
+                      help="one run by its directory name, or the warm start, as "
+                           "--print-commands prints them")
     mode.add_argument("--collect", action="store_true",
-                      help="write the tables and plots of the finished runs; run nothing")
-    return p
+                      help=f"write {what} of the finished runs; run nothing")
 
 
 def parse(argv):

@@ -19,36 +19,66 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3
 # Paired statistics
 
 
-def test_a_known_paired_sample_gives_its_t_interval():
-    d = regimes.paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])  # d = 1, 2, 3: sd 1
-    assert d["mean"] == 2.0
-    assert d["half"] == pytest.approx(4.303 / math.sqrt(3), rel=1e-6)  # t_{0.975, 2} sd / sqrt(3)
-    assert d["separable"] is False  # 2 < 2.484: the interval holds 0
+def measured_runs(cell, on_values, off_values, collapsed_on=(), collapsed_off=()):
+    """Stand-in measures of a cell's runs: every measure of seed s's run is the given value."""
+    measured = {}
+    for s, (a, b) in enumerate(zip(on_values, off_values)):
+        for flags, value, down in ((cell.on, a, collapsed_on), (cell.off, b, collapsed_off)):
+            measured[regimes.run_name(flags, s)] = {m: value for m in regimes.MEASURES} | {
+                "collapsed": s in down}
+    return measured
 
 
-def test_a_cell_is_separable_exactly_when_its_interval_excludes_zero():
-    inside = regimes.paired_difference([0.5, 0.6, 0.4, 0.5], [0.4, 0.2, 0.5, 0.3])
-    assert abs(inside["mean"]) < inside["half"] and not inside["separable"]
-    outside = regimes.paired_difference([0.5, 0.6, 0.55, 0.5], [0.3, 0.4, 0.3, 0.35])
-    assert abs(outside["mean"]) > outside["half"] and outside["separable"]
-    below = regimes.paired_difference([0.3, 0.4, 0.3, 0.35], [0.5, 0.6, 0.55, 0.5])
-    assert below["mean"] < 0 and below["separable"]  # a difference below 0 separates too
+def cell(n, name="c"):
+    return regimes.Cell("KL", name, "l", 1e-3, ("--beta", "0.05", "--x", name), ("--beta", "0"), n)
 
 
-def test_pairing_by_seed_separates_what_two_overlapping_intervals_do_not():
-    """Seeds that move both arms together: apart, the arms' intervals overlap; paired, the
-    difference is always +0.05."""
-    off = [0.3, 0.5, 0.7, 0.4, 0.6]
-    on = [x + 0.05 for x in off]
-    d = regimes.paired_difference(on, off)
-    assert d["mean"] == pytest.approx(0.05) and d["half"] == pytest.approx(0.0, abs=1e-12)
-    assert d["separable"]
+def test_a_cell_keeps_every_seeds_value_the_paired_interval_and_the_sign_flip_p():
+    c = cell(3)
+    result = regimes.cell_result(c, measured_runs(c, [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
+    d = result["diff"]["acc"]
+    assert d["d"] == [1.0, 2.0, 3.0] and d["mean"] == 2.0
+    assert d["half"] == pytest.approx(4.303 / math.sqrt(3), rel=1e-3)  # t_{0.975, 2} sd / sqrt(3)
+    assert d["p"] == 0.25  # all three signs agree: 2 of the 8 sign patterns
+    assert result["arms"]["on"]["acc"] == [1.0, 2.0, 3.0]
 
 
-def test_one_seed_or_a_missing_number_has_no_interval():
-    assert math.isnan(regimes.paired_difference([0.5], [0.4])["half"])
-    d = regimes.paired_difference([0.5, float("nan")], [0.4, 0.3])  # e.g. KL of a beta = 0 run
-    assert math.isnan(d["half"]) and not d["separable"]
+def test_a_cell_is_separable_only_when_holms_adjusted_p_in_its_family_is_below_5_percent():
+    # ten seeds that all move the same way: sign-flip p = 2 / 1024
+    strong, weak = cell(10, "strong"), cell(10, "weak")
+    measured = measured_runs(strong, [0.5 + 0.01 * i for i in range(10)], [0.4] * 10)
+    measured |= measured_runs(weak, [0.5, 0.3] * 5, [0.4] * 10)  # no effect
+    results = regimes.adjust_by_family([regimes.cell_result(strong, measured),
+                                        regimes.cell_result(weak, measured)])
+    acc = [r["diff"]["acc"] for r in results]
+    assert acc[0]["family"] == "primary" and acc[0]["p"] == pytest.approx(2 / 1024)
+    assert acc[0]["p_adjusted"] == pytest.approx(2 * 2 / 1024) and acc[0]["separable"]
+    assert not acc[1]["separable"]
+    assert results[0]["diff"]["atoms"]["family"] == "secondary"
+    assert results[0]["diff"]["entropy"]["family"] == "exploratory"
+
+
+def test_five_seeds_can_never_make_a_cell_separable_by_the_exact_test():
+    c = cell(5)
+    results = regimes.adjust_by_family([regimes.cell_result(c, measured_runs(
+        c, [0.9, 0.91, 0.92, 0.93, 0.94], [0.1] * 5))])
+    assert results[0]["diff"]["acc"]["p"] == 0.0625 and not results[0]["diff"]["acc"]["separable"]
+
+
+def test_the_clip_fraction_is_no_test_it_is_0_without_clipping_by_construction():
+    c = cell(10)
+    results = regimes.adjust_by_family([regimes.cell_result(c, measured_runs(
+        c, [0.01 * (i + 1) for i in range(10)], [0.0] * 10))])
+    clip = results[0]["diff"]["clip_frac"]
+    assert clip["family"] is None and math.isnan(clip["p_adjusted"]) and not clip["separable"]
+
+
+def test_collapse_counts_of_arms_that_share_seeds_get_mcnemars_exact_p():
+    c = cell(5)
+    result = regimes.cell_result(c, measured_runs(c, [0.1] * 5, [0.5] * 5,
+                                                  collapsed_on=range(5)))
+    assert (result["collapsed_on"], result["collapsed_off"]) == (5, 0)
+    assert result["collapse"]["p"] == 0.0625  # 5 discordant seeds, all one way
 
 
 def test_a_collapsed_run_is_counted_by_the_sweeps_rule():

@@ -412,12 +412,12 @@ def rl_loss(logp, rollout, adv, ref_logp, cfg, denominators):
 # -----------------------------------------------------------------------------
 # One RL step: sample, score, advantages, learn.
 #
-# Under torchrun (distributed.py) the processes meet in three places only: each samples and scores
-# its share of the step's prompts (sample_batch); gather_step then gives every process the whole
-# step's rows, so that the advantages, the minibatches and the metrics below are computed as by one
-# process; and learn() has each process compute its share of a minibatch's rows and sums the
+# Under torchrun (distributed.py) the processes meet in three places of a step: each samples and
+# scores its share of the step's prompts (sample_batch); gather_step then gives every process the
+# whole step's rows, so that the advantages, the minibatches and the metrics below are computed as
+# by one process; and learn() has each process compute its share of a minibatch's rows and sums the
 # gradients (and the statistics) over the processes. In one process every one of those calls
-# returns its input.
+# returns its input. (Evaluation is the fourth place: sample_texts.)
 
 # The random streams of a step (step_rngs): each kind of draw has its own, so that adding a draw of
 # one kind never shifts the others. The study adds its own streams above these.

@@ -224,6 +224,10 @@ def variant_row(variant, runs):
         reward=mean_ci95([mean_of_last_steps(ms, "reward") for ms in metrics]),
         rl_seconds=mean_ci95([sum(r["summary"]["times"].values()) for r in runs]),
         collapsed=collapses,
+        per_seed=dict(acc=[f["acc"] for f in rl], ood_acc=[f[OOD_LEVEL]["acc"] for f in final],
+                      length=[f["len"] for f in rl],
+                      careful=[f["styles"]["careful"] / sum(f["styles"].values()) for f in rl],
+                      reward=[float(mean_of_last_steps(ms, "reward")) for ms in metrics]),
     )
 
 

@@ -596,9 +596,9 @@ def test_every_new_flag_appears_in_help_with_its_help_text():
         assert f"{preset}:LossConfig(" in text  # the epilog lists every preset
 
 
-def test_the_readmes_trl_and_verl_table_has_a_row_for_every_loss_switch_and_new_preset():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## The loss switches, and their names in TRL and verl")[1]
+def test_the_references_trl_and_verl_table_has_a_row_for_every_loss_switch_and_new_preset():
+    reference = (Path(__file__).resolve().parent.parent / "REFERENCE.md").read_text()
+    section = reference.split("## 9. The same switches in TRL and verl")[1]
     table = section.split("\n## ")[0]
     first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `--")]
     for f in fields(nanorgra.LossConfig):

@@ -5,6 +5,7 @@ experiments/bench_sampler.py: check the KV-cache sampler (model.generate) agains
     python experiments/bench_sampler.py                  # 256 rows of mix3 prompts, 64 new tokens
     python experiments/bench_sampler.py --compare-hf     # also transformers' generate() (CPU)
     python experiments/bench_sampler.py --profile        # also aten ops and host syncs per step
+    python experiments/bench_sampler.py --rl-limit runs/rgra-seed0   # a run's RL time vs its floor
     python experiments/bench_sampler.py --device cuda    # on a GPU, with a bf16 row
 
 The self-check first: the same 8 prompts x 2 samples from both samplers must give the same tokens
@@ -25,6 +26,7 @@ whose rows end at very different steps.
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import numpy as np
 import torch
 
-from data.tasks import LEVELS, RL_LEVEL, prompt_text, sample_problems
+from data.tasks import LEVELS, RL_LEVEL, load_test_set, prompt_text, sample_problems
 from data.tokenizer import get_tokenizer
 from distributed import pick_device
 from model import CHECK_EVERY, GPT, GPTConfig, completion_logprobs, generate, generate_naive, \
@@ -139,6 +141,42 @@ def profile_decode(model, prompts, pad_id, steps=(20, 40), check_every=None):
     return dict(ops=float(per_step[0]), nested_ops=float(per_step[1]), syncs=float(per_step[2]))
 
 
+def matmul_peak(size=2048, repeats=5):
+    """This machine's float32 matrix-product speed at torch's thread count, in FLOP/s: the best of
+    a few (size x size) @ (size x size) products, 2 size^3 FLOPs each."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def rl_flops(run_dir):
+    """The matrix-product FLOPs a finished run's RL steps needed, counted on real tokens only
+    (padding and finished rows left out): per token a forward costs 2 FLOPs per weight of the
+    blocks and the head (the embeddings are lookups), a backward twice that. Sampling runs the
+    forward once per generated token and once per prompt token of each prompt (the prefill); the
+    reference runs it on every prompt and completion token; the policy forward and backward, 3
+    forwards' worth, on the same tokens. Returns FLOPs per part for the whole run."""
+    settings = json.loads((run_dir / "config.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tok = get_tokenizer()
+    config = GPTConfig(vocab_size=tok.vocab_size, n_layer=settings["n_layer"],
+                       n_head=settings["n_head"], n_embd=settings["n_embd"])
+    weights = 12 * config.n_layer * config.n_embd ** 2 + config.vocab_size * config.n_embd
+    forward = 2 * weights  # FLOPs per token
+    rows = settings["prompts"] * settings["group"]
+    prompt_tokens = np.mean([len(prompt_text(p)) for p in load_test_set(RL_LEVEL)])
+    generated = sum(m["resp_len"] for m in metrics) * rows
+    prompts = len(metrics) * settings["prompts"] * prompt_tokens
+    trained = generated + len(metrics) * rows * prompt_tokens
+    reference = trained if settings["loss"]["beta"] > 0 else 0
+    return dict(sampling=forward * (generated + prompts), reference=forward * reference,
+                policy=3 * forward * trained)
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=256, help="rows sampled at once (256)")
@@ -147,6 +185,9 @@ def build_parser():
                    help="timed repeats, the samplers taking turns; the best is reported (3)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
+    p.add_argument("--rl-limit", default=None, metavar="RUN_DIR",
+                   help="a finished run's RL time split beside the time its matrix products need "
+                        "at this machine's measured matmul speed; samples nothing else")
     p.add_argument("--profile", action="store_true",
                    help="also count aten ops and host syncs per token step (torch.profiler)")
     p.add_argument("--compare-hf", action="store_true",
@@ -159,6 +200,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rl_limit:
+        return rl_limit(Path(args.rl_limit))
     tok = get_tokenizer()
     device = pick_device(args.device)
     config = GPTConfig(vocab_size=tok.vocab_size, block_size=128)
@@ -206,6 +249,22 @@ def main(argv=None):
     if "hf generate" in rates:
         print(f"kv-cache / hf generate: {rates['kv-cache'] / rates['hf generate']:.2f}x")
     return dict(rates=rates, profile=counts, device=str(device), where=where)
+
+
+def rl_limit(run_dir):
+    """Print and return a run's RL seconds (sampling, scoring, learning) beside the seconds its
+    matrix products need at the measured peak."""
+    peak = matmul_peak()
+    flops = rl_flops(run_dir)
+    times = json.loads((run_dir / "summary.json").read_text())["times"]
+    floor = {part: f / peak for part, f in flops.items()}
+    print(f"{run_dir}: RL took sampling {times['t_sample']:.1f}s, scoring {times['t_score']:.1f}s, "
+          f"learning {times['t_learn']:.1f}s ({sum(times.values()):.1f}s)")
+    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads): the matrix "
+          f"products need sampling {floor['sampling']:.1f}s, reference {floor['reference']:.1f}s, "
+          f"policy {floor['policy']:.1f}s ({sum(floor.values()):.1f}s, "
+          f"{sum(flops.values()) / 1e12:.2f} TFLOP)")
+    return dict(times=times, peak_flops=peak, flops=flops, floor_seconds=floor)
 
 
 if __name__ == "__main__":

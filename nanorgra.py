@@ -592,20 +592,25 @@ def learn_stats(records, norms):
 
 def per_update_stats(records):
     """[{clip_frac, ratio_min, ratio_max}] for each optimizer step of learn(), from its
-    micro-batches' records (one read of each statistic, not one per record)."""
+    micro-batches' records (one read of each statistic, not one per record), summed over the
+    processes under torchrun (sum_over_ranks)."""
     if not records:
         return []
     columns = {key: torch.stack([r[key] for r in records]).double().tolist()
                for key in ("tokens", "clipped", "ratio_min", "ratio_max")}
     updates = [r["update"] for r in records]
-    per_update = []
+    sums, extremes = {}, {}
     for u in sorted(set(updates)):
         rows = [i for i, v in enumerate(updates) if v == u]
-        tokens = sum(columns["tokens"][i] for i in rows) or 1
-        per_update.append(dict(clip_frac=sum(columns["clipped"][i] for i in rows) / tokens,
-                               ratio_min=min(columns["ratio_min"][i] for i in rows),
-                               ratio_max=max(columns["ratio_max"][i] for i in rows)))
-    return per_update
+        for key in ("tokens", "clipped"):
+            sums[f"{key} {u}"] = sum(columns[key][i] for i in rows)
+        extremes[f"ratio_max {u}"] = max(columns["ratio_max"][i] for i in rows)
+        extremes[f"-ratio_min {u}"] = -min(columns["ratio_min"][i] for i in rows)
+    sums = sum_over_ranks(sums)
+    extremes = sum_over_ranks(extremes, op="max")
+    return [dict(clip_frac=sums[f"clipped {u}"] / (sums[f"tokens {u}"] or 1),
+                 ratio_min=-extremes[f"-ratio_min {u}"], ratio_max=extremes[f"ratio_max {u}"])
+            for u in sorted(set(updates))]
 
 
 def rl_step(policy, ref, opt, tok, args, step):
@@ -614,6 +619,7 @@ def rl_step(policy, ref, opt, tok, args, step):
     problems, rollout = sample_batch(policy, tok, args, step)
     t1 = time.perf_counter()
     rewards, styles = score_batch(tok, problems, rollout, args.format_reward)  # (B, G)
+    t2 = time.perf_counter()
     ref_logp = reference_logprobs(ref, rollout, args)  # (N, L) or None
     # under torchrun: every process's rows, on every process (one process: as they are)
     rollout, rewards, styles, ref_logp = gather_step(rollout, rewards.to(policy.device), styles,
@@ -624,10 +630,11 @@ def rl_step(policy, ref, opt, tok, args, step):
                                       args.loss.beta, args.loss.kl_estimator)
     adv, keep = advantages_for(scores, args.loss)  # (B*G,) each
     experience = Experience(rollout, adv, ref_logp, args.temperature, keep)
-    t2 = time.perf_counter()
+    t3 = time.perf_counter()
     minibatch_gen = step_rngs(args.seed, step, STREAMS["minibatches"])[1]
     learned = learn(policy, opt, experience, args.loss, minibatch_gen)
-    times = dict(t_sample=t1 - t0, t_score=t2 - t1, t_learn=time.perf_counter() - t2)
+    times = dict(t_sample=t1 - t0, t_score=t2 - t1, t_reference=t3 - t2,
+                 t_learn=time.perf_counter() - t3)
     return step_metrics(step, rewards, styles, experience, learned, times)
 
 
@@ -641,6 +648,7 @@ def step_metrics(step, rewards, styles, experience, learned, times):
     row.update(reward_metrics(rewards, experience))
     row.update(token_metrics(experience))
     row.update(update_metrics(learned))
+    row["per_update"] = learned["per_update"]  # each optimizer step's clip fraction and ratios
     row["styles"] = style_shares(styles)
     row.update(times)
     return row

@@ -302,7 +302,7 @@ class RunDir:
             evals = read_jsonl(self.dir / "eval.jsonl")
             smoothed = ("reward", "kl", "entropy", "resp_len")
             last_steps = {key: mean_of_last(rows, key) for key in smoothed}
-            times = {key: sum(r[key] for r in rows) for key in ("t_sample", "t_score", "t_learn")}
+            times = {key: sum(r.get(key, 0.0) for r in rows) for key in TIME_KEYS}
             summary = dict(base=evals[0], final=evals[-1], steps=len(rows),
                            base_path=str(base_path), last_steps=last_steps, times=times,
                            solutions=list(solutions))
@@ -310,6 +310,11 @@ class RunDir:
             plot_run(self.dir, rows, evals)
         barrier()
         return json.loads((self.dir / "summary.json").read_text())
+
+
+# where a step's time goes (nanorgra.rl_step): the sampler, the verifier, the reference's forward
+# (with the gather and the advantages), and learn()
+TIME_KEYS = ("t_sample", "t_score", "t_reference", "t_learn")
 
 
 def mean_of_last(rows, key, n=5):
@@ -382,7 +387,8 @@ def written_line(written):
 
 def time_line(times, run_dir, seconds):
     return (f"RL time: sampling {times['t_sample']:.0f}s, scoring {times['t_score']:.0f}s, "
-            f"learning {times['t_learn']:.0f}s; whole job {seconds:.0f}s; "
+            f"reference {times.get('t_reference', 0):.0f}s, learning {times['t_learn']:.0f}s; "
+            f"whole job {seconds:.0f}s; "
             f"plot {run_dir / 'run.png'}")
 
 

@@ -258,8 +258,8 @@ def rl_limit(run_dir):
     flops = rl_flops(run_dir)
     times = json.loads((run_dir / "summary.json").read_text())["times"]
     floor = {part: f / peak for part, f in flops.items()}
-    print(f"{run_dir}: RL took sampling {times['t_sample']:.1f}s, scoring {times['t_score']:.1f}s, "
-          f"learning {times['t_learn']:.1f}s ({sum(times.values()):.1f}s)")
+    parts = ", ".join(f"{key[2:]} {seconds:.1f}s" for key, seconds in times.items())
+    print(f"{run_dir}: RL took {parts} ({sum(times.values()):.1f}s)")
     print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads): the matrix "
           f"products need sampling {floor['sampling']:.1f}s, reference {floor['reference']:.1f}s, "
           f"policy {floor['policy']:.1f}s ({sum(floor.values()):.1f}s, "

@@ -27,7 +27,7 @@ DRIVER = str(REPO / "tests" / "ddp_run.py")
 TINY = ("--n-layer 1 --n-head 2 --n-embd 32 --skill-steps 20 --habit-steps 10 --warm-batch 16 "
         "--steps 4 --prompts 4 --group 4 --eval-n 16 --pass-n 8 --pass-k 4 --max-new-tokens 48 "
         "--eval-every 2 --ckpt-every 2 --device cpu").split()
-TIMINGS = ("t_sample", "t_score", "t_learn")
+TIMINGS = ("t_sample", "t_score", "t_reference", "t_learn")
 RTOL, ATOL = 1e-4, 1e-6
 
 
@@ -70,6 +70,8 @@ def assert_close_rows(a, b):
                 continue
             if isinstance(value, float):
                 assert row_b[key] == pytest.approx(value, rel=RTOL, abs=ATOL), (row_a["step"], key)
+            elif key == "per_update":  # each optimizer step's statistics, floats too
+                assert row_b[key] == [pytest.approx(u, rel=RTOL, abs=ATOL) for u in value]
             else:
                 assert row_b[key] == value, (row_a["step"], key)
 

@@ -15,7 +15,7 @@ def test_the_first_gpu_run_script_runs_every_step_and_writes_its_numbers(tmp_pat
         assert written[step]["seconds"] > 0
     job = written["default_job"]
     assert set(job["accuracy"]) == {"mix3", "ood4"} and set(job["rl_seconds"]) == {
-        "t_sample", "t_score", "t_learn"}
+        "t_sample", "t_score", "t_reference", "t_learn"}
     bench = written["bench_sampler"]
     assert bench["tokens_per_second"]["kv-cache"] > 0
     counts = bench["per_token_step"]

@@ -35,9 +35,9 @@ TINY = ("--n-layer 1 --n-head 2 --n-embd 32 --skill-steps 20 --habit-steps 10 --
         "--eval-every 2 --ckpt-every 2 --device cpu").split()
 METRIC_KEYS = {"reward", "batch_acc", "zero_var", "adv_mean", "adv_std", "kept", "kl", "entropy",
                "ratio_mean", "ratio_max", "clip_frac", "resp_len", "loss", "grad_norm", "updates",
-               "t_sample", "t_score", "t_learn"}
+               "t_sample", "t_score", "t_reference", "t_learn", "per_update"}
 RUN_FILES = ["ckpt.pt", "config.json", "eval.jsonl", "metrics.jsonl", "run.png", "summary.json"]
-TIMING_KEYS = {"t_sample", "t_score", "t_learn"}
+TIMING_KEYS = {"t_sample", "t_score", "t_reference", "t_learn"}
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,25 @@ def test_a_deterministic_run_is_the_same_run_on_the_cpu(tmp_path):
         assert final("plain") == final("deterministic", "--deterministic")
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_the_compiled_decode_step_samples_the_same_tokens(tok):
+    """--compile passes the decode step through torch.compile (here on the CPU, where it works):
+    the same function, fused into fewer kernels, so the same samples (log-probs to float rounding:
+    a fused kernel may sum in another order)."""
+    model = tiny_model(tok, "fp32", n_layer=1, n_embd=32, n_head=2)
+    plain = sample(model, tok)
+    compiled = copy.deepcopy(model)
+    compiled.decode_step = torch.compile(compiled.decode_step, dynamic=True)
+    fused = sample(compiled, tok)
+    assert torch.equal(plain.tokens, fused.tokens) and torch.equal(plain.mask, fused.mask)
+    torch.testing.assert_close(plain.logprobs, fused.logprobs, rtol=0, atol=1e-5)
+
+
+def test_a_run_with_the_compile_flag_compiles_the_policys_decode_step(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: compiled.append(fn) or fn)
+    flags = [*TINY, "--compile", "--out-dir", str(tmp_path / "run"),
+             "--base-dir", str(tmp_path / "bases")]
+    nanorgra.train(nanorgra.parse_args(flags), log=lambda *a: None)
+    assert [fn.__name__ for fn in compiled] == ["decode_step"]

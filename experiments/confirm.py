@@ -275,8 +275,6 @@ def build_parser():
 def parse(argv):
     p = build_parser()
     args, run_flags = p.parse_known_args(argv)
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if "--base-seed" in run_flags or "--seed" in run_flags:
         p.error("the set fixes --base-seed and --seed itself")
     out = Path(args.confirm_dir)

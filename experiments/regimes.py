@@ -505,8 +505,6 @@ def build_parser():
 def parse(argv):
     p = build_parser()
     args, run_flags = p.parse_known_args(argv)
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
     cells = quick_map() if args.quick else full_map()
     out = Path(args.regimes_dir or ("runs/regimes-quick" if args.quick else "runs/regimes"))
     runs = map_runs(cells, MAP_FLAGS + run_flags, out)

@@ -378,10 +378,18 @@ def build_parser():
     return p
 
 
+def at_least_one(text):
+    """An int of at least 1, or argparse's error naming the value."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_modes(p, what):
     """The flags every experiment shares: --jobs, and one of --print-commands, --run NAME and
     --collect (what: what --collect writes)."""
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=at_least_one, default=1,
                    help="runs at once, each in its own process (one CPU thread, or one GPU, each)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true",
@@ -403,9 +411,8 @@ def parse(argv):
     variants, seeds = args.variants.split(","), args.seeds or 3
     if unknown := [v for v in variants if v not in VARIANTS]:
         p.error(f"--variants: unknown {unknown}; allowed: {', '.join(VARIANTS)}")
-    if seeds < 2 or args.jobs < 1:
-        p.error(f"--seeds must be >= 2 (an interval needs two) and --jobs >= 1, got {seeds} and "
-                f"{args.jobs}")
+    if seeds < 2:
+        p.error(f"--seeds must be >= 2 (an interval needs two), got {seeds}")
     out = Path(args.sweep_dir or ("runs/sweep-quick" if args.quick else "runs/sweep"))
     runs = [Run(v, s, run_flags, out) for v in variants for s in range(seeds)]
     names = ["warm-start"] + [r.name for r in runs]

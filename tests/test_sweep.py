@@ -138,6 +138,7 @@ def test_quick_and_full_sweeps_default_to_different_directories_and_step_counts(
 
 @pytest.mark.parametrize("flags,word", [(["--variants", "rgra,ppo"], "ppo"),
                                         (["--seeds", "1"], "--seeds"),
+                                        (["--jobs", "0"], "--jobs"),
                                         (["--lr", "nan"], "--lr")])
 def test_bad_sweep_flags_are_refused_before_any_run(tmp_path, capsys, flags, word):
     with pytest.raises(SystemExit):

@@ -227,7 +227,8 @@ def test_tiny_run_writes_config_metrics_evals_checkpoint_summary_and_plot(
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for r in rows:
         assert METRIC_KEYS <= r.keys()
-        assert all(isinstance(r[k], (int, float)) for k in METRIC_KEYS)
+        assert all(isinstance(r[k], (int, float)) for k in METRIC_KEYS - {"per_update"})
+        assert [set(u) for u in r["per_update"]] == [{"clip_frac", "ratio_min", "ratio_max"}]
         assert (set(r["styles"]) == set(STYLE_NAMES)
                 and sum(r["styles"].values()) == pytest.approx(1.0))
     evals = read_jsonl(out / "eval.jsonl")

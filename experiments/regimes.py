@@ -8,6 +8,8 @@ interval.
     python experiments/regimes.py --jobs 2                # the full map: 155 runs; resumable
     python experiments/regimes.py --print-commands        # the full map as one command a line
     python experiments/regimes.py --collect               # tables and figures of finished runs
+    python experiments/regimes.py --reread data/results/regimes.json   # the first round's map,
+                                                          # re-tested from its saved intervals
 
 The components and their axes (CELLS below):
   ratio and clipping   stale samples (each batch split into 8 minibatches) along the learning rate:
@@ -319,6 +321,34 @@ def adjust_by_family(results):
 
 
 # -----------------------------------------------------------------------------
+# The first round's map, saved before per-seed values were kept
+
+REREAD_LEGEND = (
+    "Re-read from a results.json saved before per-seed values were kept. d = on - off per seed: "
+    "mean [95% paired t interval]; p = the paired t test's p, recovered from the interval (no "
+    "exact sign-flip p without the seeds); adj. = Holm within the measure's family (primary: acc, "
+    "over every cell; secondary: atoms; the rest exploratory, each measure its own family). Bold: "
+    "adjusted p < 0.05. Collapsed: runs of each arm that met the collapse rule; p: Fisher's exact "
+    "test (which seeds collapsed was not kept, so not McNemar's), adj. over every cell.")
+
+
+def reread(payload):
+    """The cells of an old results.json with the tests of a new map where its numbers allow them
+    (REREAD_LEGEND): each difference's paired t p from its interval, then Holm by family."""
+    results = []
+    for cell in payload["cells"]:
+        n = cell["seeds"]
+        diff = {m: dict(mean=d["mean"], half=d["half"],
+                        p=stats.t_p_from_interval(d["mean"], d["half"], n))
+                for m, d in cell["diff"].items()}
+        collapse = dict(p=stats.fisher_exact(cell["collapsed_on"], n, cell["collapsed_off"], n))
+        # the first round called the groups of 4 "the paper's conditions"; the paper's G is 8
+        line = cell["line"].replace("paper's conditions", "paper's reward, G = 4")
+        results.append(dict(cell, line=line, diff=diff, collapse=collapse))
+    return adjust_by_family(results)
+
+
+# -----------------------------------------------------------------------------
 # Tables and figures
 
 
@@ -345,15 +375,17 @@ def tested(d, digits=3):
 EXPLORATORY = ("ood", "entropy", "length", "kl", "reward", "careful", "shortcut")
 
 
-def results_markdown(results):
+LEGEND = ("d = on - off per seed: mean [95% paired t interval], p = exact sign-flip p, adj. = Holm "
+          "within the measure's family (primary: acc, over every cell; secondary: atoms; the rest "
+          "exploratory, each measure its own family). Bold: adjusted p < 0.05. With 5 seeds the "
+          "smallest possible p is 0.0625. Collapsed: runs of each arm that met the collapse rule; "
+          "p: McNemar's exact test (the arms share their seeds), adj. over every cell.")
+
+
+def results_markdown(results, legend=LEGEND):
     """Per component, a table of its cells: the primary test (acc) and the secondary one (atoms),
     each with its raw and Holm-adjusted p, and the collapses; then the exploratory measures."""
-    lines = [
-        "d = on - off per seed: mean [95% paired t interval], p = exact sign-flip p, adj. = Holm "
-        "within the measure's family (primary: acc, over every cell; secondary: atoms; the rest "
-        "exploratory, each measure its own family). Bold: adjusted p < 0.05. With 5 seeds the "
-        "smallest possible p is 0.0625. Collapsed: runs of each arm that met the collapse rule; "
-        "p: McNemar's exact test (the arms share their seeds), adj. over every cell."]
+    lines = [legend]
     head = ["pair", "cell", "x", "seeds", "acc on", "acc off", "primary: d acc",
             "secondary: d atoms", "collapsed on / off"]
     for component in dict.fromkeys(r["component"] for r in results):
@@ -499,6 +531,9 @@ def build_parser():
     p.add_argument("--regimes-dir", default=None,
                    help="runs/regimes, or runs/regimes-quick with --quick")
     add_modes(p, "the tables and figures")
+    p.add_argument("--reread", default=None, metavar="JSON",
+                   help="re-read the first round's results.json (no per-seed values) with this "
+                        "map's tests; writes the table beside it as .md; runs nothing")
     return p
 
 
@@ -541,6 +576,10 @@ def collect(cells, runs):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, run_flags, cells, out, runs = parse(argv)
+    if args.reread is not None:
+        table = results_markdown(reread(json.loads(Path(args.reread).read_text())), REREAD_LEGEND)
+        write_atomic(Path(args.reread).with_suffix(".md"), table)
+        return print(table)
     if args.print_commands:
         return print_commands(argv, runs)
     if args.run == "warm-start":

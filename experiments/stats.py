@@ -156,6 +156,17 @@ def holm(p_values):
     return [float(x) for x in adjusted]
 
 
+def t_p_from_interval(mean, half, n):
+    """The paired t test's two-sided p recovered from a mean difference and the half-width of its
+    95% interval over n seeds (half = t_{0.975, n-1} sd / sqrt(n), so t = mean t_{0.975} / half):
+    for results saved before the per-seed values were kept. nan where there is no interval."""
+    if n < 2 or math.isnan(mean) or math.isnan(half):
+        return math.nan
+    if half == 0:
+        return 1.0 if mean == 0 else 0.0
+    return t_two_sided_p(mean * t_quantile(0.975, n - 1) / half, n - 1)
+
+
 # -----------------------------------------------------------------------------
 # Counts: how many runs of an arm collapsed
 

@@ -58,6 +58,27 @@ def test_a_cell_is_separable_only_when_holms_adjusted_p_in_its_family_is_below_5
     assert results[0]["diff"]["entropy"]["family"] == "exploratory"
 
 
+def test_a_first_round_map_is_reread_with_t_p_from_its_intervals_holm_and_fisher():
+    """The issue's numbers: CISPO against PPO's clip, -0.412 +- 0.186 over 5 seeds, raw p 0.0036;
+    with 18 null cells beside it Holm makes it 19 x 0.0036 = 0.068; 5 of 5 collapsed against 0 of
+    5 gives Fisher's p 0.008."""
+    def old_cell(mean, half, collapsed_on=0, collapsed_off=0):
+        diff = {m: dict(mean=0.0, half=0.1, separable=False) for m in regimes.MEASURES}
+        diff["acc"] = dict(mean=mean, half=half, separable=True)
+        return dict(component="KL", pair="p", line="the paper's conditions, lr 1e-3", x=1.0,
+                    seeds=5, on=[], off=[], diff=diff, means=dict(on=dict(acc=0.0),
+                                                                  off=dict(acc=0.0)),
+                    collapsed_on=collapsed_on, collapsed_off=collapsed_off)
+    payload = dict(cells=[old_cell(-0.412, 0.186, 5, 0)] + [old_cell(0.0, 0.1)] * 18)
+    results = regimes.reread(payload)
+    acc = results[0]["diff"]["acc"]
+    assert acc["p"] == pytest.approx(0.0036, abs=2e-4)
+    assert acc["p_adjusted"] == pytest.approx(19 * acc["p"]) and not acc["separable"]
+    assert results[0]["collapse"]["p"] == pytest.approx(2 / 252)  # Fisher: 5/5 against 0/5
+    assert results[0]["line"] == "the paper's reward, G = 4, lr 1e-3"
+    assert "Fisher" in regimes.results_markdown(results, regimes.REREAD_LEGEND)
+
+
 def test_five_seeds_can_never_make_a_cell_separable_by_the_exact_test():
     c = cell(5)
     results = regimes.adjust_by_family([regimes.cell_result(c, measured_runs(

@@ -60,6 +60,13 @@ def test_the_map_accuracy_family_of_the_issue_adjusts_as_computed_there():
     assert stats.holm(raw)[0] == pytest.approx(0.0684)
 
 
+def test_the_t_p_recovered_from_an_interval_is_the_paired_t_tests_p():
+    s = stats.paired_summary([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert stats.t_p_from_interval(s["mean"], s["half"], 3) == pytest.approx(s["p_t"], rel=1e-6)
+    assert stats.t_p_from_interval(0.0, 0.0, 5) == 1.0  # every seed equal: no difference at all
+    assert math.isnan(stats.t_p_from_interval(0.2, float("nan"), 5))
+
+
 def test_fisher_exact_gives_the_known_two_sided_p():
     assert stats.fisher_exact(3, 5, 5, 5) == pytest.approx(0.4444, abs=1e-4)
     assert stats.fisher_exact(5, 5, 0, 5) == pytest.approx(0.0079, abs=1e-4)

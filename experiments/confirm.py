@@ -215,16 +215,16 @@ def report_markdown(tests, verdicts):
         m = t["measure"]
         cells = [t["hypothesis"], str(t["base_seed"]), str(len(t["seeds"])), m,
                  f"{np.mean(t['arms']['on'][m]):.3f}", f"{np.mean(t['arms']['off'][m]):.3f}",
-                 interval_text(t["primary"]), f"{t['primary']['p']:.4f}",
-                 f"{t['p_adjusted']:.4f}", "yes" if t["confirmed"] else "no",
-                 f"{t['collapsed_on']} / {t['collapsed_off']} ({t['collapse_p']:.3f})"]
+                 interval_text(t["primary"]), stats.p_text(t["primary"]["p"]),
+                 stats.p_text(t["p_adjusted"]), "yes" if t["confirmed"] else "no",
+                 f"{t['collapsed_on']} / {t['collapsed_off']} ({stats.p_text(t['collapse_p'])})"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Verdicts: " + "; ".join(f"{name}: {v}" for name, v in verdicts.items()) + "."]
     lines += ["", "Exploratory (raw p, no correction): every measure of every test.", "",
               "| hypothesis | base | " + " | ".join(MEASURES) + " |",
               "|" + " --- |" * (len(MEASURES) + 2)]
     for t in tests:
-        cells = [f"{t['measures'][m]['mean']:+.3f} (p {t['measures'][m]['p']:.3f})"
+        cells = [f"{t['measures'][m]['mean']:+.3f} (p {stats.p_text(t['measures'][m]['p'])})"
                  if not math.isnan(t["measures"][m]["p"]) else "n/a" for m in MEASURES]
         lines.append(f"| {t['hypothesis']} | {t['base_seed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -248,7 +248,8 @@ def plot_confirmations(tests, path):
         ax.set_xlim(-0.4, 1.4)
         ax.set_ylabel(m)
         ax.set_title(f"{t['hypothesis']}, base {t['base_seed']}\n"
-                     f"d {interval_text(t['primary'])}, p adj {t['p_adjusted']:.3f}", fontsize=9)
+                     f"d {interval_text(t['primary'])}, p adj {stats.p_text(t['p_adjusted'])}",
+                     fontsize=9)
     fig.suptitle("The confirmation set: each grey line one seed (off -> on); black: arm mean, "
                  "95% interval")
     save_figure(fig, path)

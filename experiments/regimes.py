@@ -362,13 +362,9 @@ def interval(d, digits=3):
     return f"{d['mean']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def p_text(p):
-    return "n/a" if math.isnan(p) else f"{p:.3f}"
-
-
 def tested(d, digits=3):
     """A test in a table cell: the interval, its raw and adjusted p; bold where separable."""
-    text = f"{interval(d, digits)}, p {p_text(d['p'])}, adj. {p_text(d['p_adjusted'])}"
+    text = f"{interval(d, digits)}, p {stats.p_text(d['p'])}, adj. {stats.p_text(d['p_adjusted'])}"
     return f"**{text}**" if d.get("separable") else text
 
 
@@ -403,8 +399,8 @@ def results_markdown(results, legend=LEGEND):
               "| component | pair | cell | x | " + " | ".join(EXPLORATORY) + " |",
               "|" + " --- |" * (len(EXPLORATORY) + 4)]
     for r in results:
-        cells = [f"{interval(r['diff'][m], 2 if m != 'kl' else 4)} (p {p_text(r['diff'][m]['p'])})"
-                 for m in EXPLORATORY]
+        cells = [f"{interval(r['diff'][m], 4 if m == 'kl' else 2)} "
+                 f"(p {stats.p_text(r['diff'][m]['p'])})" for m in EXPLORATORY]
         lines.append(f"| {r['component']} | {r['pair']} | {r['line']} | {r['x']:g} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -473,7 +469,7 @@ def plot_component(results, component, measure, path):
                    frameon=False)
         bottom.set(xlabel=xlabel, ylabel=f"d {measure} = on - off (paired)")
         ticks = [f"{textwrap.fill(label, 22)}\ncollapsed {r['collapsed_on']}/{r['collapsed_off']} "
-                 f"of {r['seeds']}\nadj. p {p_text(d['p_adjusted'])}"
+                 f"of {r['seeds']}\nadj. p {stats.p_text(d['p_adjusted'])}"
                  for label, r, d in zip(labels, rows, diffs)]
         if log:
             bottom.set_xscale("log")

@@ -156,6 +156,13 @@ def holm(p_values):
     return [float(x) for x in adjusted]
 
 
+def p_text(p):
+    """A p value for a table: three decimals, "<0.001" below that, "n/a" where there is none."""
+    if math.isnan(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def t_p_from_interval(mean, half, n):
     """The paired t test's two-sided p recovered from a mean difference and the half-width of its
     95% interval over n seeds (half = t_{0.975, n-1} sd / sqrt(n), so t = mean t_{0.975} / half):

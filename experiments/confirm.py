@@ -230,6 +230,10 @@ def report_markdown(tests, verdicts):
     return "\n".join(lines) + "\n"
 
 
+ARM_NAMES = {"negative feedback": ("positive-only", "both signs"),
+             "ratio and clipping": ("RGRA", "GRPO"), "KL": ("beta 0", "beta 0.05")}
+
+
 def plot_confirmations(tests, path):
     """One panel per hypothesis and base: each seed's on and off values joined by a line, the
     arms' means with their 95% intervals, and the difference's interval and adjusted p in the
@@ -244,7 +248,9 @@ def plot_confirmations(tests, path):
         for x, values in ((0, off), (1, on)):
             mean, half = stats_mean_interval(values)
             ax.errorbar([x], [mean], yerr=[half], fmt="o", color="black", capsize=5, ms=6)
-        ax.set_xticks([0, 1], ["off", "on"])
+        off_name, on_name = ARM_NAMES[t["hypothesis"]]
+        ax.set_xticks([0, 1], [f"off: {off_name}\ncollapsed {t['collapsed_off']} of {len(off)}",
+                               f"on: {on_name}\ncollapsed {t['collapsed_on']} of {len(on)}"])
         ax.set_xlim(-0.4, 1.4)
         ax.set_ylabel(m)
         ax.set_title(f"{t['hypothesis']}, base {t['base_seed']}\n"

@@ -70,7 +70,7 @@ from data.tasks import OOD_LEVEL, RL_LEVEL, corpus_examples, prompt_text, sample
     test_exprs, worked_solution
 from data.tokenizer import get_tokenizer
 from distributed import setup_device
-from experiments.stats import holm, welch
+from experiments.stats import holm, p_text, welch
 from experiments.sweep import mean_ci95
 from model import GPT, GPTConfig
 from rundir import cached_json, save_figure, write_atomic
@@ -292,7 +292,7 @@ def verdict(test):
 def verdict_text(test):
     low, high = test["diff"] - test["half"], test["diff"] + test["half"]
     return (f"{test['verdict']}: {test['diff']:+.3f} [{low:+.3f}, {high:+.3f}], "
-            f"p {test['p']:.3f}, adj. {test['p_adjusted']:.3f}")
+            f"p {p_text(test['p'])}, adj. {p_text(test['p_adjusted'])}")
 
 
 def study_markdown(quality, rows, bases, params, verdicts):

@@ -337,11 +337,12 @@ def plot_study(curves, rows, path):
     for world, by_model in curves.items():
         for name, c in by_model.items():
             style = "-" if world == "habits" else "--"
-            left.plot(c["flops"], c["coverage"], style, marker="o", ms=3,
+            left.plot(np.array(c["flops"]) / 1e10, c["coverage"], style, marker="o", ms=3,
                       label=f"{world}: {name.upper()} (k = 1..{len(c['flops'])})")
-    left.set(xlabel="sampling FLOPs spent (2 x params x generated tokens)",
-             ylabel=f"coverage@k on the study's {RL_LEVEL} problems")
-    left.legend(fontsize=7)
+    left.set(xlabel="sampling FLOPs spent, in 1e10 (2 x params x generated tokens)",
+             ylabel=f"coverage@k on the study's {RL_LEVEL} problems",
+             title="coverage against sampling compute")
+    left.legend(fontsize=7, loc="lower right")
     conditions = [(w, f) for w in WORLDS for f in FILTERS]
     width = 0.8 / len(SOURCES)
     for ax, (world, data_filter) in zip(panels, conditions):
@@ -354,11 +355,12 @@ def plot_study(curves, rows, path):
             ax.bar(np.arange(len(picked)) + offset, heights, width, label=source, yerr=errors,
                    capsize=3)
         ax.set_xticks(range(len(SETUPS)), list(SETUPS), fontsize=8)
-        ax.set(title=f"{world} warm start, {data_filter} data",
-               ylabel=f"fine-tuned {RL_LEVEL} greedy accuracy (95%)")
-        ax.legend(fontsize=7)
+        ax.set(title=f"{world} warm start, {data_filter} data:\nWC's data sets against SE's",
+               ylabel=f"fine-tuned {RL_LEVEL} greedy accuracy (95%)", ylim=(0, 1.05))
+    handles, labels = panels[0].get_legend_handles_labels()
     for unused in panels[len(conditions):]:
-        unused.set_visible(False)
+        unused.axis("off")  # the bars' legend goes here, off the data
+        unused.legend(handles, labels, loc="center", title="fine-tuned on (mean, 95% interval)")
     save_figure(fig, path)
 
 

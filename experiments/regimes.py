@@ -479,8 +479,8 @@ def plot_component(results, component, measure, path):
         else:
             bottom.set_xticks(xs, ticks, fontsize=8)
             bottom.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
-    fig.suptitle(f"{component}: {measure} of each arm (mean, 95% interval) and on - off "
-                 f"(paired)", fontsize=11)
+    title = f"{component}: {measure} of each arm (mean, 95% interval) and on - off (paired)"
+    fig.suptitle(textwrap.fill(title, int(9 * sum(widths))), fontsize=11)  # ~9 characters an inch
     save_figure(fig, path)
 
 

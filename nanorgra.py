@@ -577,9 +577,9 @@ def with_trainer_old_logprobs(policy, experience, first_pass, cfg):
 def learn_stats(records, norms):
     """learn()'s statistics: the micro-batches' sums added up (in float64, one .item() each, not one
     per micro-batch) and, under torchrun, over the processes (sum_over_ranks); the largest ratio;
-    the gradient norm of every optimizer step; and for each optimizer step this process's share of
-    clipped tokens and its smallest and largest ratio (per_update: how the ratio leaves 1 as a
-    reused batch goes stale)."""
+    the gradient norm of every optimizer step; and for each optimizer step its share of clipped
+    tokens and its smallest and largest ratio, over every process (per_update: how the ratio
+    leaves 1 as a reused batch goes stale)."""
     sums = dict(tokens=0, ratio_sum=0.0, clipped=0, loss=0.0)
     ratio_max = 1.0  # the largest ratio of no token
     if records:

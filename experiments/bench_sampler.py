@@ -155,7 +155,8 @@ def matmul_peak(size=2048, repeats=5):
 
 def rl_flops(run_dir):
     """The matrix-product FLOPs a finished run's RL steps needed, counted on real tokens only
-    (padding and finished rows left out): per token a forward costs 2 FLOPs per weight of the
+    (padding and finished rows left out; the completions' lengths from the run's metrics, a
+    prompt's length the mean of the test set's): per token a forward costs 2 FLOPs per weight of the
     blocks and the head (the embeddings are lookups), a backward twice that. Sampling runs the
     forward once per generated token and once per prompt token of each prompt (the prefill); the
     reference runs it on every prompt and completion token; the policy forward and backward, 3

@@ -56,6 +56,32 @@ def test_collapse_rule_spares_healthy_and_noisy_runs():
     assert not sweep.collapsed([0.4, 0.0], [30.0, 1.0])  # too short to judge
 
 
+
+@pytest.mark.parametrize("acc,gain,reward", [
+    (0.906, 0.732, 0.878),  # base 0, seed 1014, positive-only: the best of its arm's 18 runs
+    (0.872, 0.718, 0.830),  # base 1, seed 1007, positive-only
+])
+@pytest.mark.parametrize("end_len", [10.0, 60.0])  # the length halved, or doubled
+def test_collapse_rule_never_flags_a_run_that_learned_however_its_length_moved(
+        acc, gain, reward, end_len):
+    """The confirmations' two positive-only runs that the old rule flagged by their length alone
+    (data/results/confirm.json: final accuracy, gain over the base, the reward of the last 5
+    steps). Their per-step trajectories are not stored: the start window's reward (0.2) and
+    length (25 tokens) are this base's order of size, and the length moves past the rule's bound
+    either way."""
+    rewards = [0.2] * 10 + [reward] * 10
+    lengths = [25.0] * 10 + [end_len] * 10
+    assert not sweep.collapsed(rewards, lengths, acc=acc, base_acc=acc - gain)
+    assert not sweep.collapsed(rewards, lengths)  # without accuracies: its reward rose
+
+
+def test_collapse_rule_counts_a_moved_length_in_a_run_that_did_not_learn():
+    shrinking = [25.0] * 10 + [10.0] * 10
+    assert sweep.collapsed([0.2] * 10 + [0.15] * 10, shrinking)  # the reward ended lower
+    # the reward rose, but the accuracy ended below the base's: not learned either
+    assert sweep.collapsed([0.1] * 10 + [0.15] * 10, shrinking, acc=0.15, base_acc=0.17)
+    assert not sweep.collapsed([0.1] * 10 + [0.15] * 10, shrinking, acc=0.20, base_acc=0.17)
+
 @pytest.mark.parametrize("variant,changed", [
     ("rgra", {}), ("grpo", {"ratio": True, "clip": True}),
     ("grpo_pos", {"ratio": True, "clip": True, "adv_sign": "pos"}),

@@ -7,12 +7,15 @@ show.
     python experiments/confirm.py --jobs 2            # every run (resumable), then the report
     python experiments/confirm.py --print-commands    # one command a line, for a scheduler
     python experiments/confirm.py --collect           # the report of the finished runs
+    python experiments/confirm.py --reread data/results/confirm.json   # its report again, from
+                                                      # the per-seed values it stored; runs nothing
 
 Why a confirmation set: the regime map chose its cells, and added seeds to two of them, after
 looking at results; a cell chosen for its large effect overstates it (the winner's curse). A test
 whose hypothesis, measure, seeds and analysis are fixed before its data exist does not.
 
-The hypotheses (HYPOTHESES below), each "on - off is not 0" on its primary measure:
+The hypotheses (HYPOTHESES below), each "on - off > 0" on its primary measure (its direction),
+tested two-sided:
   negative feedback   both signs against positive-only (--adv-sign pos) under the RGRA paper's
                       reward (0.1 for a well-formed answer line + 1 for the right answer) and its
                       G = 8, at lr 3e-4, where both signs were stable in the map, 120 steps;
@@ -27,9 +30,11 @@ The hypotheses (HYPOTHESES below), each "on - off is not 0" on its primary measu
 
 The analysis, fixed here: on each base, d_s = on_s - off_s per seed; the exact two-sided sign-flip
 p (experiments/stats.py) of the primary measure; the family is the six tests (3 hypotheses x 2
-bases), Holm-adjusted; "confirmed" on a base means adjusted p < 0.05 there, and a finding of the
-method (not of one warm start) is one confirmed on both bases. Beside it: the 95% paired t interval,
-every other measure (exploratory: raw p only), and the collapse counts with the exact McNemar test.
+bases), Holm-adjusted; "confirmed" on a base means adjusted p < 0.05 there with the mean difference
+in the declared direction (a significant difference the other way is reported as such, never as
+confirmed), and a finding of the method (not of one warm start) is one confirmed on both bases.
+Beside it: the 95% paired t interval, every other measure (exploratory: raw p only), and the
+collapse counts with the exact McNemar test.
 
 Seeds: RL seeds SEED_OFFSET, SEED_OFFSET + 1, ... (no earlier run used a seed above 9), on the
 default base (--base-seed 0) and a second one (--base-seed 1). How many: the fewest at which a
@@ -74,6 +79,7 @@ class Hypothesis:
     measure: str
     map_effect: float  # the regime map's mean difference of the measure
     map_sd: float  # the sd of its per-seed differences (from its 95% interval and seed count)
+    direction: int = 1  # the declared sign of on - off: +1, "on beats off" (all three claims)
 
 
 SEED_OFFSET = 1000
@@ -94,19 +100,19 @@ HYPOTHESES = (
                "both signs beat positive-only under the paper's reward and G = 8 (lr 3e-4)",
                on=("--preset", "rgra", "--lr", "3e-4") + PAPERS_REWARD,
                off=("--preset", "rgra", "--lr", "3e-4") + PAPERS_REWARD + ("--adv-sign", "pos"),
-               measure="acc", map_effect=0.067, map_sd=map_sd(0.090, 5)),
+               measure="acc", map_effect=0.067, map_sd=map_sd(0.090, 5), direction=1),
     # the map: +0.156 +- 0.147 over 10 seeds
     Hypothesis("ratio and clipping",
                "GRPO beats RGRA when each batch is split into 8 minibatches (lr 3e-4)",
                on=("--preset", "grpo", "--lr", "3e-4", "--minibatches", "8"),
                off=("--preset", "rgra", "--lr", "3e-4", "--minibatches", "8"),
-               measure="acc", map_effect=0.156, map_sd=map_sd(0.147, 10)),
+               measure="acc", map_effect=0.156, map_sd=map_sd(0.147, 10), direction=1),
     # the map: atoms +0.311 +- 0.199 over 5 seeds
     Hypothesis("KL",
                "beta 0.05 keeps more of the atoms than beta 0 (lr 1e-3)",
                on=("--preset", "rgra", "--lr", "1e-3", "--beta", "0.05"),
                off=("--preset", "rgra", "--lr", "1e-3", "--beta", "0"),
-               measure="atoms", map_effect=0.311, map_sd=map_sd(0.199, 5)),
+               measure="atoms", map_effect=0.311, map_sd=map_sd(0.199, 5), direction=1),
 )
 
 
@@ -163,39 +169,114 @@ def test_result(hypothesis, base_seed, measured):
     off = [measured[run_name(arm_flags(base_seed, hypothesis.off), s)] for s in seeds]
     measures = {m: stats.paired_summary([r[m] for r in on], [r[m] for r in off])
                 for m in MEASURES}
-    arms = {arm: {m: [r[m] for r in runs] for m in MEASURES + ("collapsed",)}
+    kept = MEASURES + ("collapsed",) + tuple(k for k in ("collapsed_before_mend",) if k in on[0])
+    arms = {arm: {m: [r[m] for r in runs] for m in kept}
             for arm, runs in (("on", on), ("off", off))}
     collapsed_on, collapsed_off = arms["on"]["collapsed"], arms["off"]["collapsed"]
     return dict(hypothesis=hypothesis.name, claim=hypothesis.claim, base_seed=base_seed,
-                measure=hypothesis.measure, seeds=seeds, on=list(hypothesis.on),
+                measure=hypothesis.measure, direction=hypothesis.direction, seeds=seeds,
+                on=list(hypothesis.on),
                 off=list(hypothesis.off), primary=measures[hypothesis.measure],
                 measures=measures, arms=arms, collapsed_on=sum(collapsed_on),
                 collapsed_off=sum(collapsed_off),
                 collapse_p=stats.mcnemar_exact(collapsed_on, collapsed_off))
 
 
+CONFIRMED, OPPOSITE, NOT_SIGNIFICANT = ("confirmed", "significant in the opposite direction",
+                                         "not significant")
+
+
+def outcome(mean, p_adjusted, direction):
+    """One test's outcome: significant after Holm, and whether its mean difference has the
+    declared sign. Only both together confirm."""
+    significant = bool(p_adjusted < stats.ALPHA)
+    in_direction = bool(np.sign(mean) == direction)
+    word = (CONFIRMED if in_direction else OPPOSITE) if significant else NOT_SIGNIFICANT
+    return dict(significant=significant, in_direction=in_direction,
+                confirmed=significant and in_direction, outcome=word)
+
+
 def analyse(measured):
-    """The six tests, their Holm-adjusted p over the family, and each hypothesis's verdict."""
+    """The six tests, their Holm-adjusted p over the family, each test's outcome (confirmed only
+    when significant and in the declared direction) and each hypothesis's verdict."""
     tests = [test_result(h, b, measured) for h in HYPOTHESES for b in BASES]
     adjusted = stats.holm([t["primary"]["p"] for t in tests])
     for test, p_adj in zip(tests, adjusted):
         test["p_adjusted"] = p_adj
-        test["confirmed"] = bool(p_adj < stats.ALPHA)
+        test.update(outcome(test["primary"]["mean"], p_adj, test["direction"]))
     verdicts = {h.name: verdict([t for t in tests if t["hypothesis"] == h.name])
                 for h in HYPOTHESES}
     return tests, verdicts
 
 
 def verdict(tests):
-    """In words, from a hypothesis's tests on every base."""
-    confirmed = [t["base_seed"] for t in tests if t["confirmed"]]
-    if len(confirmed) == len(tests):
-        signs = {np.sign(t["primary"]["mean"]) for t in tests}
-        agree = "the same sign" if len(signs) == 1 else "opposite signs"
-        return f"confirmed on every base ({agree})"
-    if confirmed:
-        return f"confirmed on base {', '.join(map(str, confirmed))} only"
-    return "not confirmed on any base"
+    """In words, from a hypothesis's tests on every base: where it is confirmed, where its effect
+    is significant in the opposite direction, where neither."""
+    bases = {word: [str(t["base_seed"]) for t in tests if t["outcome"] == word]
+             for word in (CONFIRMED, OPPOSITE, NOT_SIGNIFICANT)}
+    if len(bases[CONFIRMED]) == len(tests):
+        return "confirmed on every base"
+    if len(bases[OPPOSITE]) == len(tests):
+        return f"{OPPOSITE} on every base"
+    if not bases[CONFIRMED] and not bases[OPPOSITE]:
+        return "not confirmed on any base"
+    return "; ".join(f"{word} on base {', '.join(b)}" for word, b in bases.items() if b)
+
+
+# -----------------------------------------------------------------------------
+# Re-reading a stored report: its per-seed values, the mended collapse rule
+
+
+def measured_from(payload):
+    """The measures of every run of a stored results.json, keyed as collect keys them, from its
+    tests' per-seed values (each test's arms must be the ones declared here)."""
+    declared = {h.name: h for h in HYPOTHESES}
+    measured = {}
+    for t in payload["tests"]:
+        h = declared[t["hypothesis"]]
+        assert (tuple(t["on"]), tuple(t["off"])) == (h.on, h.off), h.name
+        for arm, flags in (("on", h.on), ("off", h.off)):
+            values = t["arms"][arm]
+            old = values.get("collapsed_before_mend", values["collapsed"])
+            for i, seed in enumerate(t["seeds"]):
+                run = {m: values[m][i] for m in MEASURES}
+                run["collapsed_before_mend"] = old[i]
+                run["collapsed"] = collapse_after_mend(run, old[i], flags)
+                measured[run_name(arm_flags(t["base_seed"], flags), seed)] = run
+    return measured
+
+
+def collapse_after_mend(run, collapsed_before, flags):
+    """Whether a run that the collapse rule judged before its mend (experiments/sweep.py: a moved
+    length counts only in a run that did not learn) meets the mended rule, from its stored numbers.
+    The mended rule flags a subset of the old one's runs. A flagged run whose accuracy ended no
+    higher than the base's did not learn: it stays flagged. One whose accuracy rose is spared when
+    its final reward (its last 5 steps) rose too; its start window's reward is not stored, but it
+    is sampled from the base, so a final reward above twice the base's greedy accuracy plus the
+    format reward counts as risen, and anything less keeps the flag (as the old rule had it)."""
+    if not collapsed_before or run["gain"] <= 0:
+        return bool(collapsed_before)
+    args = nanorgra.parse_args(MAP_FLAGS + list(flags))
+    base_acc = run["acc"] - run["gain"]
+    return not run["reward"] > 2 * (base_acc + args.format_reward)
+
+
+def reread(path):
+    """The report of a stored results.json again, from its per-seed values: the analysis as
+    declared, the collapses under the mended rule; runs nothing. Rewrites the JSON's derived fields
+    (its command and seconds stay those of its collection) and writes the table and figure beside
+    it."""
+    path = Path(path)
+    payload = json.loads(path.read_text())
+    tests, verdicts = analyse(measured_from(payload))
+    payload.update(tests=tests, verdicts=verdicts,
+                   reread=f"python experiments/confirm.py --reread {path}")
+    table = report_markdown(tests, verdicts)
+    write_atomic(path.with_suffix(".md"), table)
+    write_atomic(path, json.dumps(payload, indent=1))
+    plot_confirmations(tests, path.with_suffix(".png"))
+    print(table)
+    return tests, verdicts
 
 
 def interval_text(summary, digits=3):
@@ -206,17 +287,20 @@ def interval_text(summary, digits=3):
 def report_markdown(tests, verdicts):
     lines = [
         "Each row: one hypothesis on one base; d = on - off per seed; the 95% paired t interval; "
-        "p: exact two-sided sign-flip p; p adj: Holm over the six tests (the family); confirmed: "
-        "p adj < 0.05. Collapses: runs of each arm that met the collapse rule, with McNemar's "
-        "exact p (the arms share their seeds).", "",
+        "p: exact two-sided sign-flip p; p adj: Holm over the six tests (the family); declared: "
+        "the direction each hypothesis claims; confirmed: p adj < 0.05 with d in that direction "
+        "(a significant d the other way reads \"no: opposite direction\"). Collapses: runs of "
+        "each arm that met the collapse rule, with McNemar's exact p (the arms share their "
+        "seeds).", "",
         "| hypothesis | base | seeds | measure | on | off | d, 95% interval | p | p adj | "
-        "confirmed | collapsed on / off (p) |", "|" + " --- |" * 11]
+        "declared | confirmed | collapsed on / off (p) |", "|" + " --- |" * 12]
     for t in tests:
         m = t["measure"]
         cells = [t["hypothesis"], str(t["base_seed"]), str(len(t["seeds"])), m,
                  f"{np.mean(t['arms']['on'][m]):.3f}", f"{np.mean(t['arms']['off'][m]):.3f}",
                  interval_text(t["primary"]), stats.p_text(t["primary"]["p"]),
-                 stats.p_text(t["p_adjusted"]), "yes" if t["confirmed"] else "no",
+                 stats.p_text(t["p_adjusted"]), "on > off" if t["direction"] > 0 else "on < off",
+                 CONFIRMED_CELL[t["outcome"]],
                  f"{t['collapsed_on']} / {t['collapsed_off']} ({stats.p_text(t['collapse_p'])})"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Verdicts: " + "; ".join(f"{name}: {v}" for name, v in verdicts.items()) + "."]
@@ -230,6 +314,7 @@ def report_markdown(tests, verdicts):
     return "\n".join(lines) + "\n"
 
 
+CONFIRMED_CELL = {CONFIRMED: "yes", OPPOSITE: "no: opposite direction", NOT_SIGNIFICANT: "no"}
 ARM_NAMES = {"negative feedback": ("positive-only", "both signs"),
              "ratio and clipping": ("RGRA", "GRPO"), "KL": ("beta 0", "beta 0.05")}
 
@@ -276,6 +361,10 @@ def build_parser():
                                 epilog="Any other flag goes to every run.")
     p.add_argument("--confirm-dir", default="runs/confirm", help="where the runs go (runs/confirm)")
     add_modes(p, "the report")
+    p.add_argument("--reread", default=None, metavar="JSON",
+                   help="the report again from a stored results.json's per-seed values (the "
+                        "analysis, the mended collapse rule); rewrites its derived fields and "
+                        "writes its table and figure beside it; runs nothing")
     return p
 
 
@@ -316,6 +405,8 @@ def collect(runs):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, run_flags, out, runs = parse(argv)
+    if args.reread is not None:
+        return reread(args.reread)
     if args.print_commands:
         return print_commands(argv, runs)
     if args.run is not None and args.run.startswith("warm-start-base"):

@@ -373,15 +373,22 @@ EXPLORATORY = ("ood", "entropy", "length", "kl", "reward", "careful", "shortcut"
 
 LEGEND = ("d = on - off per seed: mean [95% paired t interval], p = exact sign-flip p, adj. = Holm "
           "within the measure's family (primary: acc, over every cell; secondary: atoms; the rest "
-          "exploratory, each measure its own family). Bold: adjusted p < 0.05. With 5 seeds the "
-          "smallest possible p is 0.0625. Collapsed: runs of each arm that met the collapse rule; "
-          "p: McNemar's exact test (the arms share their seeds), adj. over every cell.")
+          "exploratory, each measure its own family). Bold: adjusted p < 0.05. {smallest} "
+          "Collapsed: runs of each arm that met the collapse rule; p: McNemar's exact test (the "
+          "arms share their seeds), adj. over every cell.")
+
+
+def smallest_p_text(results):
+    """What the exact sign-flip test can reach at the seed counts of these cells: 2 / 2^n."""
+    counts = sorted({r["seeds"] for r in results})
+    each = ", ".join(f"{2 / 2 ** n:.4g} with {n} seeds" for n in counts)
+    return f"The smallest possible p: {each}."
 
 
 def results_markdown(results, legend=LEGEND):
     """Per component, a table of its cells: the primary test (acc) and the secondary one (atoms),
     each with its raw and Holm-adjusted p, and the collapses; then the exploratory measures."""
-    lines = [legend]
+    lines = [legend.replace("{smallest}", smallest_p_text(results))]
     head = ["pair", "cell", "x", "seeds", "acc on", "acc off", "primary: d acc",
             "secondary: d atoms", "collapsed on / off"]
     for component in dict.fromkeys(r["component"] for r in results):

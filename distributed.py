@@ -12,21 +12,21 @@ function returns its input.
 
 What nanorgra.py splits across ranks, and why the update is the single-process one:
   - each rank samples and scores a contiguous share of each step's prompts (my_share, in
-    nanorgra.sample_batch); the per-prompt seeds are drawn for the whole step first, so a prompt's
+    nanorgra.rl_step); the per-prompt seeds are drawn for the whole step first, so a prompt's
     samples do not depend on the rank that draws them;
   - gather_step gives every rank the whole step's rows (the completions, rewards, styles and the
     reference's log-probs), so that every rank computes the advantages, the minibatches and the
     metrics of the whole batch, as one process would;
   - in nanorgra.learn every rank computes the loss of its own share of each minibatch's rows
-    (my_share) with the whole minibatch's denominators, and the gradients are summed
+    (my_micro_batches) with the whole minibatch's denominators, and the gradients are summed
     (sum_gradients_over_ranks): the sum of the ranks' gradients is the gradient of the whole
     minibatch, so every rank takes the same optimizer step; the update's statistics are summed
-    too (sum_over_ranks). Only the order of the floating-point additions differs from one process
-    (tests/test_distributed.py);
+    too (reduce_over_ranks, in metrics.py). Only the order of the floating-point additions
+    differs from one process (tests/test_distributed.py);
   - evaluations: every rank samples its share of the test prompts and the texts are gathered
-    (gather_objects, in nanorgra.sample_texts);
+    (gather_objects, in evaluate.sample_texts);
   - the warm start runs on rank 0, which caches it; the other ranks wait and load it
-    (rundir.cached_model).
+    (bases.cached_base).
 """
 
 import dataclasses
@@ -183,10 +183,29 @@ def sum_over_ranks(values, op="sum"):
     ranks, as floats."""
     names = list(values)
     flat = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
-    if is_distributed():
-        flat = flat.to(_comm_device())
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return dict(zip(names, flat.tolist()))
+    return dict(zip(names, reduce_over_ranks(flat, op).tolist()))
+
+
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def reduce_over_ranks(tensor, op="sum"):
+    """tensor reduced element by element over the ranks: op "sum", "min" or "max"."""
+    if not is_distributed():
+        return tensor
+    total = tensor.to(_comm_device())
+    dist.all_reduce(total, op=REDUCE_OPS[op])
+    return total.to(tensor.device)
+
+
+def my_micro_batches(order, minibatches, micro_batch):
+    """The walk of one pass over a step's rows (order: (K,) row numbers): for each of its
+    minibatches (one optimizer step each), the minibatch and the micro-batches of it that this
+    process computes (its my_share, all of them in one process), of micro_batch rows each (0: one
+    micro-batch)."""
+    for minibatch in order.chunk(minibatches):
+        my_rows = my_share(minibatch)
+        yield minibatch, my_rows.split(micro_batch or max(len(my_rows), 1))
 
 
 def sum_rows_over_ranks(tensor):

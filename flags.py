@@ -4,13 +4,13 @@ per field of the LossConfig (made from the fields: their help and allowed values
 metadata), checked here so that a value that cannot work stops the run at start-up, naming its flag,
 before anything is written.
 
-    args = parse_args(nanorgra.PRESETS, ["--preset", "grpo", "--mu", "2"])
-    args.loss    # the preset with the given switches on top: replace(PRESETS["grpo"], mu=2, ...)
+    args = parse_args(nanorgra.loss_config, nanorgra.PRESETS, ["--preset", "grpo", "--mu", "2"])
+    args.loss    # nanorgra.loss_config("grpo", 72, mu=2): the preset with the switches on top
 """
 
 import argparse
 import math
-from dataclasses import field, fields, replace
+from dataclasses import field, fields
 from typing import NamedTuple
 
 import torch
@@ -71,8 +71,8 @@ RUN_FLAGS = {
 
 # -----------------------------------------------------------------------------
 # The LossConfig's switches: nanorgra.py declares each field with switch(...), whose metadata gives
-# its flag's help and the values it allows; building a LossConfig runs check_loss_config, so that
-# a value that cannot work is refused in Python as on the command line.
+# its flag's help and the values it allows; building a LossConfig runs check_switches and its own
+# rules(), so that a value that cannot work is refused in Python as on the command line.
 
 
 def switch(default, help, choices=None, above=None, at_least=None, below=None):
@@ -92,34 +92,11 @@ class SwitchError(ValueError):
         self.problem = problem
 
 
-def check_loss_config(config):
-    """SwitchError for the first field of config outside its allowed values, or the first
-    combination of switches that cannot work together."""
+def check_switches(config):
+    """SwitchError for the first field of config (a LossConfig) outside its allowed values: the
+    metadata its switch() declared. The rules between switches are LossConfig.rules()."""
     for f in fields(config):
         check_switch(f.name, getattr(config, f.name), f.metadata)
-    for cannot_work, name, problem in combination_rules(config):
-        if cannot_work:
-            raise SwitchError(name, problem)
-
-
-def combination_rules(c):
-    """The switches that cannot work together: (whether config c breaks the rule, the field to
-    name, the problem)."""
-    return [
-        (c.clip and not c.ratio, "clip",
-         "needs ratio (clipping acts on the ratio): pass --ratio, or --no-clip"),
-        (c.ratio_level == "sequence" and not c.ratio, "ratio_level",
-         "sequence needs ratio (it is a level of the ratio): pass --ratio"),
-        (0 < c.clip_c <= 1, "clip_c",
-         f"must be 0 (off) or > 1 (the bound acts where rho > c; rho = 1 must stay free); "
-         f"got {c.clip_c}"),
-        (c.clip_c > 0 and not c.clip, "clip_c",
-         "needs clip (dual-clip bounds the clipped term): pass --clip"),
-        (c.clip_c > 0 and c.clip_mode != "ppo", "clip_c",
-         "needs clip_mode ppo (cispo's weight is bounded already)"),
-        (c.kl_in_reward and c.beta == 0, "kl_in_reward",
-         "needs beta > 0 (the weight of the KL in the reward): pass --beta"),
-    ]
 
 
 def check_switch(name, value, allowed):
@@ -174,8 +151,7 @@ def build_parser(presets):
                         "the first steps wait for the compiler)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: cuda, mps, cpu")
-    a.add_argument("--base-dir", default="runs/bases",
-                   help="cache of warm-start checkpoints (runs/bases)")
+    add_base_flags(a)
     for group, flags in RUN_FLAGS.items():
         a = p.add_argument_group(group) if group != "run" else a
         for flag in flags:
@@ -183,6 +159,35 @@ def build_parser(presets):
                            help=f"{flag.help} ({flag.default})")
     add_switches(p, presets["rgra"])
     return p
+
+
+def add_base_flags(group):
+    """Where the warm start's bases are cached, and whether to train one again."""
+    group.add_argument("--base-dir", default="runs/bases",
+                       help="cache of the bases this machine trains (runs/bases); the shipped "
+                            "ones are in bases/")
+    group.add_argument("--retrain-base", action="store_true",
+                       help="train the base again even if one is shipped or cached for these "
+                            "settings, and cache it under --base-dir")
+
+
+def parse_warm_start_args(argv=None):
+    """The command line of warmstart.py: the warm start's own flags, and where it runs."""
+    p = argparse.ArgumentParser(description="The warm start: the supervised base before RL.")
+    a = p.add_argument_group("warm start")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda, mps, cpu")
+    a.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="(fp32)")
+    add_base_flags(a)
+    for flag in RUN_FLAGS["warm start"]:
+        a.add_argument(flag.name, type=type(flag.default), default=flag.default,
+                       help=f"{flag.help} ({flag.default})")
+    args = p.parse_args(argv)
+    for flag in RUN_FLAGS["warm start"]:
+        problem = check_run_flag(flag, getattr(args, flag.name[2:].replace("-", "_")))
+        if problem:
+            p.error(problem)
+    return args
 
 
 def add_switches(parser, default_config):
@@ -259,10 +264,10 @@ def device_problem(args):
     return None
 
 
-def parse_args(presets, argv=None):
-    """The command line as a namespace whose .loss is the preset with the given switches on top.
-    A value that cannot work stops here with exit status 2 and a message naming its flag and what
-    it allows."""
+def parse_args(loss_config, presets, argv=None):
+    """The command line as a namespace whose .loss is loss_config(--preset, --max-new-tokens, the
+    switches given) (nanorgra.loss_config). A value that cannot work stops here with exit status 2
+    and a message naming its flag and what it allows."""
     parser = build_parser(presets)
     args = parser.parse_args(argv)
     switches = [f.name for f in fields(presets["rgra"])]
@@ -273,9 +278,8 @@ def parse_args(presets, argv=None):
         problem = check_run_flag(flag, getattr(args, flag.name[2:].replace("-", "_")))
         if problem:
             parser.error(problem)
-    given = {"agg_constant": float(args.max_new_tokens), **given}  # Dr. GRPO's constant: the budget
     try:
-        args.loss = replace(presets[args.preset], **given)
+        args.loss = loss_config(args.preset, args.max_new_tokens, **given)
     except SwitchError as e:  # e.switch names the field
         parser.error(f"--{e.switch.replace('_', '-')} {e.problem}")
     problem = run_problems(args)

@@ -4,7 +4,7 @@ none of it is the algorithm.
 
 A run directory (runs/<preset>-seed<seed>/ by default) holds:
     config.json     the run's settings; --resume refuses other settings
-    metrics.jsonl   one row per RL step (nanorgra.step_metrics)
+    metrics.jsonl   one row per RL step (metrics.step_metrics)
     eval.jsonl      the evaluations: the base (step -1), during the run, and at the end
     ckpt.pt         the policy and the optimizer after the last saved step
     summary.json    base -> trained, written at the end, and run.png, its plot
@@ -15,17 +15,17 @@ temporary file, then a rename); a damaged checkpoint or cache is named in a one-
 says what to do; the first Ctrl-C finishes the step, saves and stops. Under torchrun only rank 0
 writes; every rank reads.
 
-Also here: the caches of the warm-start stages and of the base's evaluation, and what a user sees
-(the progress bar, the summary table, the plot).
+Also here: the cache of the base's evaluation, and what a user sees (the progress bar, the summary
+table, the plot).
 """
 
 import contextlib
 import io
 import json
 import os
+import platform
 import signal
 import tempfile
-import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from data.tasks import OOD_LEVEL, RL_LEVEL
-from distributed import agree, barrier, rank, sum_over_ranks
+from distributed import agree, barrier, rank, sum_over_ranks, teardown
 from verifier import STYLE_NAMES
 
 # -----------------------------------------------------------------------------
@@ -120,16 +120,26 @@ def cached_json(path, make):
     return json.loads(path.read_text())
 
 
-def numerics(device, threads, precision="fp32"):
-    """What decides a trained model's last digits besides its settings, for the caches' keys: the
-    device (on a CPU, the number of threads: another sums floats in another order; on a GPU, its
-    kind: each kind of GPU trains its own base), torch, and a precision other than float32."""
+def machine(device, threads, precision="fp32"):
+    """Where a model was trained, for the record beside it: the device (on a CPU, its kind and the
+    number of threads: another sums floats in another order; on a GPU, its kind), torch, and a
+    precision other than float32, as "cpu (Intel(R) Xeon(R) Processor), 2 threads, torch 2.13.0"."""
     if device.type == "cuda":
         where = f"cuda, {torch.cuda.get_device_name(device)}"
     else:
-        where = f"{device.type}, {threads} threads"
+        where = f"{device.type} ({cpu_name()}), {threads} threads"
     text = f"{where}, torch {torch.__version__}"
     return text if precision == "fp32" else f"{text}, {precision}"
+
+
+def cpu_name():
+    """The CPU's model name where the system tells it, else the machine's architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine() or "unknown"
 
 
 @contextlib.contextmanager
@@ -143,24 +153,6 @@ def torch_threads(n):
         torch.set_num_threads(before)
 
 
-def cached_model(model, path, train, what, log):
-    """Load model's weights from path, or call train() and save the weights there. Under torchrun
-    rank 0 trains and saves while the other ranks wait, then they load what it saved.
-    what: "skills (2500 steps)"."""
-    cached = agree(path.exists())
-    if not cached and rank() == 0:
-        t0 = time.time()
-        train()
-        seconds = time.time() - t0
-        save_atomic({"model": model.state_dict(), "seconds": seconds}, path)
-        log(f"warm start: trained {what} in {seconds:.0f}s, saved {path}")
-    barrier()
-    if cached or rank() != 0:
-        ckpt = load_checkpoint(path, "delete it and this stage is trained again")
-        model.load_state_dict(ckpt["model"])
-        log(f"warm start: loaded {path}")
-
-
 # -----------------------------------------------------------------------------
 # The run directory
 
@@ -171,7 +163,7 @@ def run_settings(args):
     """The run's settings as config.json holds them: JSON values, without --resume
     and --overwrite."""
     settings = {k: asdict(v) if is_dataclass(v) else v for k, v in vars(args).items()
-                if k not in ("resume", "overwrite")}
+                if k not in ("resume", "overwrite", "retrain_base")}
     return json.loads(json.dumps(settings))
 
 
@@ -335,6 +327,14 @@ def progress(iterable, desc, **kwargs):
     return tqdm(iterable, desc=desc, disable=None if rank() == 0 else True, **kwargs)
 
 
+def end_job(summary, run_dir, seconds):
+    """The end of a job: the summary printed (by rank 0; none if a Ctrl-C stopped the run), and
+    the processes of torchrun released."""
+    if summary is not None and rank() == 0:
+        print_summary(summary, Path(run_dir), seconds)
+    teardown()
+
+
 def print_summary(summary, run_dir, seconds):
     """The base -> trained table, the styles of the greedy outputs, and where the time went."""
     base, final = summary["base"], summary["final"]
@@ -366,7 +366,7 @@ def style_line(base, final):
 
 
 def solution_lines(solutions):
-    """What the model writes, before and after, a problem at a time (nanorgra.before_and_after)."""
+    """What the model writes, before and after, a problem at a time (evaluate.before_and_after)."""
     if not solutions:
         return []
     lines = [f"what the model writes (greedy) for the first {len(solutions)} {RL_LEVEL} test "
@@ -379,7 +379,7 @@ def solution_lines(solutions):
 
 
 def written_line(written):
-    """One completion on one line, with what the verifier says of it (nanorgra.written_solutions):
+    """One completion on one line, with what the verifier says of it (evaluate.written_solutions):
     "9*6=54 4+54=58 58-3=55 A:55   right, careful"."""
     verdict = "right" if written["right"] else "wrong"
     return f"{written['text'].replace(chr(10), ' '):<36} {verdict}, {written['style']}"

@@ -12,7 +12,7 @@ its weights; --base reads summary.json for the base's file). An expression is no
 joined by + - * (no spaces, no parentheses); anything else is refused with the reason. Each line:
 the completion (its lines joined by spaces), right or wrong, its style (verifier.solution_style) and
 how its answer was reached (verifier.reasoning_kind). Completions come from
-nanorgra.written_solutions, which the summary and the notebook use too.
+evaluation.written_solutions, which the summary and the notebook use too.
 """
 
 import argparse
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-import nanorgra
-from data.tasks import Problem, evaluate, parse_expression
+import evaluation
+from bases import load_base
+from data.tasks import Problem, evaluate, parse_expression, prompt_text
 from data.tokenizer import check_text, get_tokenizer
 from distributed import pick_device
 from model import GPT, GPTConfig
@@ -47,21 +48,21 @@ def load_model(run_dir, base, device):
         raise SystemExit(f"{run_dir} holds no run (no config.json): run python nanorgra.py "
                          f"first, or pass --run")
     settings = json.loads(config_path.read_text())
+    config = GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=settings["n_layer"],
+                       n_head=settings["n_head"], n_embd=settings["n_embd"])
+    model = GPT(config, precision=settings.get("precision", "fp32")).to(device)
     if base:
         summary = run_dir / "summary.json"
         if not summary.exists():
             raise SystemExit(f"{run_dir} has no summary.json yet (the run has not finished), so "
                              f"the file of its base is not known")
         path = Path(json.loads(summary.read_text())["base_path"])
-    else:
-        path = run_dir / "ckpt.pt"
+        load_base(model, path)  # refused if its bytes are not the ones its record names
+        return model.eval(), f"{path} (the base)"
+    path = run_dir / "ckpt.pt"
     state = load_checkpoint(path, "run python nanorgra.py again to rewrite it")
-    config = GPTConfig(vocab_size=get_tokenizer().vocab_size, n_layer=settings["n_layer"],
-                       n_head=settings["n_head"], n_embd=settings["n_embd"])
-    model = GPT(config, precision=settings.get("precision", "fp32")).to(device)
     model.load_state_dict(state["model"])
-    which = f"{path} (the base)" if base else f"{path} (after step {state['step']})"
-    return model.eval(), which
+    return model.eval(), f"{path} (after step {state['step']})"
 
 
 def build_parser():
@@ -88,7 +89,7 @@ def main(argv=None):
     if args.k < 1 or args.temperature < 0 or args.max_new_tokens < 1:
         p.error(f"--k and --max-new-tokens must be >= 1 and --temperature >= 0, got {args.k}, "
                 f"{args.max_new_tokens} and {args.temperature}")
-    longest = max(len(nanorgra.prompt_text(problem)) for problem in problems)
+    longest = max(len(prompt_text(problem)) for problem in problems)
     if longest + args.max_new_tokens > GPTConfig().block_size:
         p.error(f"a prompt of {longest} tokens and --max-new-tokens {args.max_new_tokens} do not "
                 f"fit the model's {GPTConfig().block_size} positions: a shorter expression, or "
@@ -97,8 +98,8 @@ def main(argv=None):
         p.error("--k > 1 with --temperature 0 would print one greedy completion k times: "
                 "pass --temperature 1")
     model, which = load_model(args.run, args.base, pick_device(args.device))
-    sampling = nanorgra.Sampling(args.k, args.temperature, args.max_new_tokens)
-    written = nanorgra.written_solutions(model, get_tokenizer(), problems, sampling, args.seed)
+    sampling = evaluation.Sampling(args.k, args.temperature, args.max_new_tokens)
+    written = evaluation.written_solutions(model, get_tokenizer(), problems, sampling, args.seed)
     mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
     print(f"{which}, {mode}")
     for problem, completions in zip(problems, written):

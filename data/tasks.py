@@ -34,6 +34,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 # ----------------------------------------------------------------------------
 # Levels
@@ -585,6 +586,18 @@ def write_test_sets():
 # Training draws
 
 
+# The random streams of a step (step_rngs): each kind of draw has its own, so that adding a draw of
+# one kind never shifts the others. experiments/study.py adds its own streams above these.
+STREAMS = dict(skills=1, prompts=2, minibatches=3, habits=4)
+
+
+def step_rngs(seed, step, stream):
+    """A numpy and a torch generator for one step of a warm-start stage or of RL, keyed by
+    (seed, step, stream): no state to carry, so resume is exact."""
+    np_rng = np.random.default_rng([seed, step, stream])
+    return np_rng, torch.Generator().manual_seed(int(np_rng.integers(2**62)))
+
+
 def train_problems(level, n, rng):
     """n problems of level for training: never an expression from any level's test set."""
     return sample_problems(level, n, rng, exclude=test_exprs())
@@ -613,7 +626,7 @@ def apportion(n, weights):
 CAREFUL = {"careful": 1}
 MESSY = {"careful": 1, "left-to-right": 3, "shortcut": 2, "bare": 2}
 
-# The warm start has two stages (nanorgra.warm_start), as an LLM has pre-training and mid-training:
+# The warm start has two stages (warmstart.py), as an LLM has pre-training and mid-training:
 #   SKILLS  the atoms of RL-level solutions and careful worked solutions: the skill RL will need,
 #           mastered first
 #   HABITS  the same skills again (or they are forgotten), and a messy corpus of multi-step

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import warmstart
 import nanorgra
 import rundir
 from data.tasks import RL_LEVEL, prompt_text, train_problems
@@ -51,7 +52,7 @@ def trained(base_dir):
     """A small model warm-started on the CPU: confident enough that near-ties are rare,
     and the same every time."""
     args = nanorgra.parse_args(TINY + ["--base-dir", str(base_dir), "--device", "cpu"])
-    return nanorgra.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)[0]
+    return warmstart.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)[0]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_under_bf16_on_the_gpu_grpo_equals_rgra_at_the_first_update(trained, pro
     for preset in ("rgra", "grpo"):
         cfg = replace(nanorgra.PRESETS[preset], grad_clip=0.0, beta=0.0)
         grads[preset], learned = first_gradient(model, rollout, cfg, CUDA)
-    assert abs(learned["ratio_max"] - 1) < 1e-6 and learned["clipped"] == 0
+    assert abs(learned.total.ratio_max - 1) < 1e-6 and learned.total.clipped == 0
     torch.testing.assert_close(grads["grpo"], grads["rgra"], rtol=1e-5,
                                atol=1e-6 * grads["rgra"].abs().max().item())
 

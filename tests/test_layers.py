@@ -1,7 +1,9 @@
 """The project's imports point down: data and the tokenizer at the bottom, then the model, the
-verifier and the device/process helpers, then the plumbing of a run (flags, run directory), then the
-lesson (nanorgra.py), then the experiments and the commands built on it. No module imports one above
-it, so there is no import cycle. Read from the source text (ast), so nothing is imported here."""
+verifier and the device/process helpers, then the plumbing of a run (flags, run directory, text
+batches, metrics), then the bases on disk, then the stages the lesson calls (the warm start,
+evaluation), then the lesson (nanorgra.py), then the experiments and the commands built on it. No
+module imports one above it, so there is no import cycle. Read from the source text (ast), so
+nothing is imported here."""
 
 import ast
 from pathlib import Path
@@ -13,10 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = {
     "data.tokenizer": 0, "data.tasks": 0,
     "model": 1, "verifier": 1, "distributed": 1,
-    "flags": 2, "rundir": 2,
-    "nanorgra": 3,
+    "flags": 2, "rundir": 2, "batches": 2, "metrics": 2,
+    "bases": 3,
+    "warmstart": 4, "evaluation": 4,
+    "nanorgra": 5,
 }
-TOP = 4  # experiments/*.py and the commands at the root not listed above
+TOP = 6  # experiments/*.py and the commands at the root not listed above
 
 
 def project_modules():
@@ -84,3 +88,29 @@ def test_the_import_graph_has_no_cycle():
 
 def test_every_layered_module_exists():
     assert set(LAYERS) <= set(project_modules())
+
+
+# the functions of nanorgra.py that may name a cross-process helper of distributed.py, each with a
+# "torchrun:" comment on the line that does: the rest of the lesson reads as one process
+LESSON_FUNCTIONS_ACROSS_PROCESSES = {"rl_step", "learn", "trainer_old_logprobs", "train"}
+
+
+def test_at_most_four_lesson_functions_name_a_distributed_helper_each_with_a_torchrun_comment():
+    source = (REPO / "nanorgra.py").read_text()
+    import distributed  # its own functions, not what it imports
+    helpers = {name for name, value in vars(distributed).items()
+               if callable(value) and getattr(value, "__module__", None) == "distributed"}
+    lines = source.splitlines()
+    naming = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef):
+            calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)
+                     and isinstance(n.func, ast.Name) and n.func.id in helpers]
+            if calls:
+                naming[node.name] = calls
+    assert set(naming) == LESSON_FUNCTIONS_ACROSS_PROCESSES
+    for name, calls in naming.items():
+        for call in calls:
+            line = lines[call.lineno - 1]
+            above = lines[call.lineno - 2]
+            assert "torchrun:" in line or "torchrun:" in above, (name, line)

@@ -15,8 +15,7 @@ import torch
 
 import nanorgra
 from data.tasks import make_problem, prompt_text
-from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, completion_logprobs, generate
+from model import completion_logprobs, generate
 
 AGGS = ["seq-mean-token-mean", "token-mean", "seq-sum-norm"]
 # Made-up verifier rewards for 4 prompts x 4 samples: mixed groups, one all-wrong and
@@ -26,17 +25,6 @@ REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0],
                         [1.0, 1.0, 1.0, 1.0],
                         [0.0, 1.0, 0.0, 0.0]])
 B, G = REWARDS.shape
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return get_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny(tok):
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
-    return GPT(config, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +73,8 @@ def run_learn(model, rollout, cfg, lr=0.0, adv=None, keep=None):
         adv, keep = nanorgra.advantages_for(REWARDS, cfg)
     exp = nanorgra.Experience(rollout, adv, ref_logp, 1.0, keep)
     learned = nanorgra.learn(policy, opt, exp, cfg, torch.Generator().manual_seed(0))
-    stats = dict(clipped=learned["clipped"], ratio_max=learned["ratio_max"],
-                 loss=learned["loss"] / len(learned["norms"]))
+    stats = dict(clipped=learned.total.clipped, ratio_max=learned.total.ratio_max,
+                 loss=learned.total.loss / len(learned.norms))
     return policy, opt.grads, stats
 
 
@@ -486,7 +474,7 @@ def test_second_update_gradients_ratio_and_clip_each_change_the_reinforce_gradie
     clipped, stats, _ = grads(True, True)
     rho = torch.exp(logp - rollout.logprobs)
     weighted, _, _ = grads(None, None, weight=rho)
-    assert stats["clipped"] > 0
+    assert stats.clipped > 0
     assert max_grad_diff(ratio, reinforce) > 1e-2
     assert max_grad_diff(clipped, ratio) > 1e-2
     assert_same_grads(ratio, weighted)

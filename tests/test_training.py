@@ -24,6 +24,8 @@ import torch
 
 import data.tasks as tasks
 import flags
+import evaluation
+import warmstart
 import nanorgra
 import rundir
 from data.tasks import STEP_KINDS, train_problems
@@ -93,7 +95,8 @@ def stand_in_bases(monkeypatch, varied_base_dir):
     def checksum_reward(text, problem, *a, **k):
         return zlib.crc32(text.encode()) % 5 / 4
 
-    monkeypatch.setattr(nanorgra, "outcome_reward", checksum_reward)
+    monkeypatch.setattr(nanorgra, "outcome_reward", checksum_reward)  # the RL step's scores
+    monkeypatch.setattr(evaluation, "outcome_reward", checksum_reward)  # and the evaluations
     return varied_base_dir
 
 
@@ -210,6 +213,18 @@ def test_defaults_are_the_rgra_preset():
     assert parse("--max-new-tokens", "60", "--agg-constant", "30").loss.agg_constant == 30.0
 
 
+@pytest.mark.parametrize("preset", ["rgra", "dr_grpo"])
+@pytest.mark.parametrize("budget", [72, 40])
+def test_the_config_python_builds_equals_the_command_lines_for_the_same_settings(preset, budget):
+    """loss_config is the one rule that makes a run's LossConfig: the notebook and the exercises
+    build it in Python, the command line through it, so the two cannot differ."""
+    from_flags = parse("--preset", preset, "--max-new-tokens", str(budget)).loss
+    assert from_flags == nanorgra.loss_config(preset, max_new_tokens=budget)
+    assert from_flags.agg_constant == budget
+    with_switch = parse("--preset", preset, "--max-new-tokens", str(budget), "--mu", "2").loss
+    assert with_switch == nanorgra.loss_config(preset, max_new_tokens=budget, mu=2)
+
+
 # -----------------------------------------------------------------------------
 # A run end to end
 
@@ -259,9 +274,10 @@ def test_warm_start_is_cached_per_stage_and_reused_by_runs_with_the_same_base_se
     # one cached checkpoint per stage
     assert [p.name.split("-")[1] for p in bases] == ["habits", "skills"]
     stamps = [p.stat().st_mtime_ns for p in bases]
-    # RL settings do not matter
+    # RL settings do not matter: the last stage's base is loaded, the first is not needed
     _, second = run(tmp_path / "b", base_dir, "--seed", "1", "--preset", "grpo")
-    assert sum(line.startswith("warm start: loaded") for line in second) == 2
+    assert [line for line in second if line.startswith("warm start")] == \
+        [f"warm start: loaded {bases[0]}"]
     assert (sorted(base_dir.glob("base-*.pt")) == bases
             and [p.stat().st_mtime_ns for p in bases] == stamps)
     # a setting of the second stage only
@@ -274,14 +290,16 @@ def test_warm_start_is_cached_per_stage_and_reused_by_runs_with_the_same_base_se
     assert len(list(base_dir.glob("base-*.pt"))) == 5
 
 
-def test_a_base_trained_with_another_thread_count_is_never_loaded_in_its_place(
+def test_the_base_key_holds_content_not_the_machine_a_base_trained_with_other_threads_is_used(
         tmp_path, base_dir, monkeypatch):
-    """The thread count changes the order of float sums and so the base (pitfall 11):
-    it is in the key."""
+    """The thread count changes the order of float sums and so a base's last digits (pitfall 11),
+    but not what the base is made of: the key leaves the machine out, so that the shipped base
+    serves every machine; the record beside the base says where it was trained."""
     run(tmp_path / "a", base_dir, "--steps", "1")
-    monkeypatch.setattr(nanorgra, "WARM_START_THREADS", nanorgra.WARM_START_THREADS + 1)
+    monkeypatch.setattr(warmstart, "WARM_START_THREADS", warmstart.WARM_START_THREADS + 1)
     _, lines = run(tmp_path / "b", base_dir, "--steps", "1")
-    assert sum(line.startswith("warm start: trained") for line in lines) == 2
+    assert sum(line.startswith("warm start: loaded") for line in lines) == 1
+    assert not any(line.startswith("warm start: trained") for line in lines)
 
 
 def test_a_runs_threads_do_not_change_the_base_it_loads(tmp_path, base_dir):
@@ -289,14 +307,14 @@ def test_a_runs_threads_do_not_change_the_base_it_loads(tmp_path, base_dir):
     sweep (one thread each) shares the base that the default job trained."""
     run(tmp_path / "a", base_dir, "--steps", "1")
     _, lines = run(tmp_path / "b", base_dir, "--steps", "1", "--threads", "2")
-    assert sum(line.startswith("warm start: loaded") for line in lines) == 2
+    assert sum(line.startswith("warm start: loaded") for line in lines) == 1
 
 
 def test_a_base_cached_before_the_atoms_were_reweighted_is_not_reused(
         tmp_path, base_dir, monkeypatch):
     run(tmp_path / "a", base_dir, "--steps", "1")
     # as if data/tasks.py changed
-    monkeypatch.setattr(nanorgra, "STEP_KINDS", {**nanorgra.STEP_KINDS, "1-digit +": 5})
+    monkeypatch.setattr(tasks, "STEP_KINDS", {**tasks.STEP_KINDS, "1-digit +": 5})
     _, lines = run(tmp_path / "b", base_dir, "--steps", "1")
     assert sum(line.startswith("warm start: trained") for line in lines) == 2
 
@@ -305,7 +323,8 @@ def test_cached_base_evaluation_is_not_reused_for_a_different_evaluation_level(
         tmp_path, base_dir, monkeypatch):
     # evaluates the base on mix3 and ood4, and caches it
     run(tmp_path / "a", base_dir, "--steps", "1")
-    for module in (nanorgra, rundir):  # as if the RL level had been changed in data/tasks.py
+    # as if the RL level had been changed in data/tasks.py
+    for module in (nanorgra, rundir, evaluation):
         monkeypatch.setattr(module, "RL_LEVEL", "mix2")
     run(tmp_path / "b", base_dir, "--steps", "1")
     base_row = read_jsonl(tmp_path / "b" / "eval.jsonl")[0]
@@ -320,8 +339,8 @@ def test_step_accuracy_poses_each_atom_alone_and_scores_the_number_written_per_k
         texts = ["A:" + (str(tasks.evaluate(p[2:-1])) if "*" not in p else "-1") for p in prompts]
         return texts, None
 
-    monkeypatch.setattr(nanorgra, "sample_texts", oracle)
-    acc = nanorgra.step_accuracy(None, None, "mix3", 72)
+    monkeypatch.setattr(evaluation, "sample_texts", oracle)
+    acc = evaluation.step_accuracy(None, None, "mix3", 72)
     assert acc == {k: (0.0 if "*" in k else 1.0) for k in STEP_KINDS}
     atoms = tasks.atom_check_steps("mix3")
     assert seen == [f"Q:{expr}\n" for facts in atoms.values() for expr in facts]
@@ -404,9 +423,18 @@ def test_stand_in_reward_makes_every_step_update_the_weights(tmp_path, stand_in_
     run(tmp_path / "run", stand_in_bases)
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all(r["grad_norm"] > 0 and r["zero_var"] < 1 for r in rows)
-    base = torch.load(next(stand_in_bases.glob("base-habits-*.pt")))["model"]
+    base = torch.load(next(stand_in_bases.glob("base-habits-*.pt")), weights_only=True)
     final = torch.load(tmp_path / "run" / "ckpt.pt")["model"]
     assert not torch.equal(base["wte.weight"], final["wte.weight"])
+
+
+def interrupted(rl_step, at_step, interrupt):
+    """rl_step, with interrupt() called as step at_step begins."""
+    def step_or_interrupt(policy, ref, opt, tok, args, step):
+        if step == at_step:
+            interrupt()
+        return rl_step(policy, ref, opt, tok, args, step)
+    return step_or_interrupt
 
 
 def test_resume_after_ctrl_c_repeats_the_uninterrupted_run_exactly(
@@ -415,12 +443,10 @@ def test_resume_after_ctrl_c_repeats_the_uninterrupted_run_exactly(
 
     rl_step = nanorgra.rl_step
 
-    def ctrl_c_during_step_2(policy, ref, opt, tok, args, step):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # a user's Ctrl-C while step 2 runs
-        return rl_step(policy, ref, opt, tok, args, step)
+    def ctrl_c():  # a user's Ctrl-C while step 2 runs
+        os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(nanorgra, "rl_step", ctrl_c_during_step_2)
+    monkeypatch.setattr(nanorgra, "rl_step", interrupted(rl_step, at_step=2, interrupt=ctrl_c))
     summary, _ = run(tmp_path / "b", stand_in_bases)
     assert summary is None  # stopped, not finished
     # step 2 was finished
@@ -440,12 +466,10 @@ def test_resume_after_a_crash_redoes_the_steps_after_the_last_checkpoint(
 
     rl_step = nanorgra.rl_step
 
-    def crash_in_step_3(policy, ref, opt, tok, args, step):
-        if step == 3:
-            raise KeyboardInterrupt  # a second Ctrl-C, or the machine going away
-        return rl_step(policy, ref, opt, tok, args, step)
+    def crash():  # a second Ctrl-C, or the machine going away
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(nanorgra, "rl_step", crash_in_step_3)
+    monkeypatch.setattr(nanorgra, "rl_step", interrupted(rl_step, at_step=3, interrupt=crash))
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", stand_in_bases)
     assert [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2]

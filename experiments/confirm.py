@@ -47,7 +47,6 @@ these powers are optimistic.
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -60,16 +59,16 @@ from matplotlib.figure import Figure  # imported before any work: the figure at 
 import numpy as np
 
 import nanorgra
-from experiments import stats
-from experiments.regimes import MAP_FLAGS, MEASURES, MapRun, run_measures, run_name
-from experiments.sweep import add_modes, read_run, run_all, run_one, warm_start_once
+from experiments import runner, stats
+from experiments.regimes import MAP_FLAGS
+from experiments.runner import MEASURES, run_name
 from rundir import save_figure, write_atomic
 
 
 @dataclass(frozen=True)
 class Hypothesis:
     """One declared comparison: the flags of its two arms (on top of the map's), its primary
-    measure (a key of experiments.regimes.run_measures), and what the regime map measured of it
+    measure (a key of experiments.runner.run_measures), and what the regime map measured of it
     (the effect and the spread of the per-seed differences that size its seeds)."""
 
     name: str
@@ -150,10 +149,9 @@ def confirmation_runs(run_flags, out):
         for base_seed in BASES:
             for seed in seeds_of(hypothesis):
                 for flags in (hypothesis.on, hypothesis.off):
-                    name = run_name(arm_flags(base_seed, flags), seed)
-                    argv = (run_flags + list(arm_flags(base_seed, flags))
-                            + ["--seed", str(seed), "--out-dir", str(out / name)])
-                    runs.setdefault(name, MapRun(name, out / name, argv))
+                    arm = arm_flags(base_seed, flags)
+                    name = run_name(arm, seed)
+                    runs.setdefault(name, runner.seeded_run(name, run_flags + list(arm), seed, out))
     return list(runs.values())
 
 
@@ -247,7 +245,7 @@ def measured_from(payload):
 
 
 def collapse_after_mend(run, collapsed_before, flags):
-    """Whether a run that the collapse rule judged before its mend (experiments/sweep.py: a moved
+    """Whether a run that the collapse rule judged before its mend (experiments/runner.py: a moved
     length counts only in a run that did not learn) meets the mended rule, from its stored numbers.
     The mended rule flags a subset of the old one's runs. A flagged run whose accuracy ended no
     higher than the base's did not learn: it stays flagged. One whose accuracy rose is spared when
@@ -279,9 +277,9 @@ def reread(path):
     return tests, verdicts
 
 
-def interval_text(summary, digits=3):
-    mean, half = summary["mean"], summary["half"]
-    return (f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]")
+def interval_text(summary):
+    """ "+0.156 [+0.009, +0.303]" of a paired summary."""
+    return stats.interval_text(summary["mean"], summary["half"])
 
 
 def report_markdown(tests, verdicts):
@@ -331,7 +329,7 @@ def plot_confirmations(tests, path):
         for a, b in zip(off, on):
             ax.plot([0, 1], [a, b], color="grey", alpha=0.35, lw=0.8)
         for x, values in ((0, off), (1, on)):
-            mean, half = stats_mean_interval(values)
+            mean, half = stats.mean_interval(values)
             ax.errorbar([x], [mean], yerr=[half], fmt="o", color="black", capsize=5, ms=6)
         off_name, on_name = ARM_NAMES[t["hypothesis"]]
         ax.set_xticks([0, 1], [f"off: {off_name}\ncollapsed {t['collapsed_off']} of {len(off)}",
@@ -346,12 +344,6 @@ def plot_confirmations(tests, path):
     save_figure(fig, path)
 
 
-def stats_mean_interval(values):
-    values = np.asarray(values, dtype=float)
-    half = stats.t_quantile(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean()), float(half)
-
-
 # -----------------------------------------------------------------------------
 # The command
 
@@ -360,7 +352,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Any other flag goes to every run.")
     p.add_argument("--confirm-dir", default="runs/confirm", help="where the runs go (runs/confirm)")
-    add_modes(p, "the report")
+    runner.add_modes(p, COLLECTS)
     p.add_argument("--reread", default=None, metavar="JSON",
                    help="the report again from a stored results.json's per-seed values (the "
                         "analysis, the mended collapse rule); rewrites its derived fields and "
@@ -368,68 +360,58 @@ def build_parser():
     return p
 
 
+COLLECTS = "the report"  # what --collect writes
+
+
 def parse(argv):
+    """The set's own flags, and the set as the runner runs it (its runs, and the warm start of
+    each base), all checked before any work."""
     p = build_parser()
     args, run_flags = p.parse_known_args(argv)
     if "--base-seed" in run_flags or "--seed" in run_flags:
         p.error("the set fixes --base-seed and --seed itself")
     out = Path(args.confirm_dir)
     runs = confirmation_runs(MAP_FLAGS + run_flags, out)
-    warm_starts = [f"warm-start-base{b}" for b in BASES]
-    if args.run is not None and args.run not in warm_starts + [r.name for r in runs]:
-        p.error(f"--run: no run {args.run!r} in this set")
-    for run in runs:
-        nanorgra.parse_args(run.argv)  # every run's flags are checked before any work starts
-    return args, MAP_FLAGS + run_flags, out, runs
-
-
-def print_commands(argv, runs):
-    me = "python experiments/confirm.py " + shlex.join(a for a in argv if a != "--print-commands")
-    print("# 1. the warm starts (cached in --base-dir): run them first, once")
-    for b in BASES:
-        print(f"{me} --run warm-start-base{b}")
-    print("# 2. the runs, in any order, anywhere --base-dir and --confirm-dir are shared")
-    for run in runs:
-        print(f"{me} --run {run.name}")
-    print("# 3. when every run has finished: the report")
-    print(f"# {me} --collect")
+    warm_starts = {f"warm-start-base{b}": MAP_FLAGS + run_flags + ["--base-seed", str(b)]
+                   for b in BASES}
+    confirmations = runner.Experiment("experiments/confirm.py", runs, warm_starts, out,
+                                      f"{len(runs)} runs", COLLECTS)
+    runner.check_runs(p, args.run, confirmations)
+    return args, confirmations
 
 
 def collect(runs):
-    missing = [r.name for r in runs if not (r.dir / "summary.json").exists()]
-    if missing:
-        raise SystemExit(f"not finished yet: {len(missing)} runs, e.g. {', '.join(missing[:3])}")
-    return {r.name: run_measures(read_run(r.dir)) for r in runs}
+    """The measures of every finished run (runner.run_measures), by run name."""
+    return {name: runner.run_measures(f) for name, f in runner.read_finished(runs).items()}
+
+
+def write_report(argv, measured, seconds, out):
+    """The analysis of the measured runs, written into out: results.md, results.json (the command,
+    its seconds, the plan, the tests and verdicts) and confirm.png. Returns the table and the
+    tests."""
+    tests, verdicts = analyse(measured)
+    table = report_markdown(tests, verdicts)
+    write_atomic(out / "results.md", table)
+    payload = dict(command="python experiments/confirm.py " + " ".join(argv), seconds=seconds,
+                   runs=len(measured), planned_seeds=PLANNED_SEEDS, planned_power=PLANNED_POWER,
+                   tests=tests, verdicts=verdicts)
+    write_atomic(out / "results.json", json.dumps(payload, indent=1))
+    plot_confirmations(tests, out / "confirm.png")
+    return table, tests
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, run_flags, out, runs = parse(argv)
+    args, confirmations = parse(argv)
     if args.reread is not None:
         return reread(args.reread)
-    if args.print_commands:
-        return print_commands(argv, runs)
-    if args.run is not None and args.run.startswith("warm-start-base"):
-        base_seed = args.run.removeprefix("warm-start-base")
-        return warm_start_once(run_flags + ["--base-seed", base_seed])
-    if args.run is not None:
-        return run_one(next(r for r in runs if r.name == args.run).argv)
     t0 = time.time()
-    if not args.collect:
-        for b in BASES:
-            warm_start_once(run_flags + ["--base-seed", str(b)])
-        print(f"confirm: {len(runs)} runs into {out}, {args.jobs} at a time")
-        if "stopped" in run_all(runs, args.jobs):
-            return print("stopped; run the same command again to continue")
-    tests, verdicts = analyse(collect(runs))
-    table = report_markdown(tests, verdicts)
-    write_atomic(out / "results.md", table)
-    payload = dict(command="python experiments/confirm.py " + " ".join(argv),
-                   seconds=time.time() - t0, runs=len(runs), planned_seeds=PLANNED_SEEDS,
-                   planned_power=PLANNED_POWER, tests=tests, verdicts=verdicts)
-    write_atomic(out / "results.json", json.dumps(payload, indent=1))
-    plot_confirmations(tests, out / "confirm.png")
-    print(table + f"\nconfirm: {len(runs)} runs; {time.time() - t0:.0f}s; results in {out}")
+    if not runner.run_modes(args, argv, confirmations):
+        return None
+    measured = collect(confirmations.runs)
+    table, tests = write_report(argv, measured, time.time() - t0, confirmations.out)
+    print(table + f"\nconfirm: {len(measured)} runs; {time.time() - t0:.0f}s; results in "
+          f"{confirmations.out}")
     return tests
 
 

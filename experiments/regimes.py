@@ -26,9 +26,10 @@ The components and their axes (CELLS below):
                        differ in length), and the response length
 
 A run is `python nanorgra.py <flags>` with its own directory under --regimes-dir, named after its
-flags, so a run that two cells share (the same flags and seed) runs once. As in experiments/sweep.py
-a finished run is reused and an interrupted one resumed: the same command continues a map across
-sessions. Writes results.md, results.json (the command and its seconds), and the figures.
+flags, so a run that two cells share (the same flags and seed) runs once. As in every experiment
+(experiments/runner.py) a finished run is reused and an interrupted one resumed: the same command
+continues a map across sessions. Writes results.md, results.json (the command and its seconds),
+and the figures.
 
 The statistics (experiments/stats.py), fixed before the map was re-read: for each cell and
 measure, d_s = on_s - off_s for each seed s, its mean with the 95% paired t interval, and the exact
@@ -37,7 +38,7 @@ at 5% by it). The families (FAMILIES): the primary measure is greedy accuracy on
 (acc), one family of every cell; the atoms are a second family; every other measure is
 exploratory, each its own family;
 clip_frac is no test at all (0 in an unclipped arm by construction). Holm adjusts the p of each
-family, and "separable" means an adjusted p < 0.05. Collapse: the rule of experiments/sweep.py
+family, and "separable" means an adjusted p < 0.05. Collapse: the rule of experiments/runner.py
 (collapsed), counted per arm; since the arms share seeds, their counts are compared with McNemar's
 exact test, Holm over the cells (the collapse family). Per-seed values of every measure are saved.
 
@@ -50,7 +51,6 @@ were then chosen where the map measured the largest effects, and collected from 
 import argparse
 import json
 import math
-import shlex
 import sys
 import textwrap
 import time
@@ -63,11 +63,8 @@ from matplotlib.figure import Figure  # imported before any work: the figures at
 
 import numpy as np
 
-import nanorgra
-from data.tasks import OOD_LEVEL, RL_LEVEL
-from experiments import stats
-from experiments.sweep import add_modes, collapsed, mean_of_last_steps, read_run, run_all, \
-    run_one, warm_start_once
+from experiments import runner, stats
+from experiments.runner import MEASURES, run_name
 from rundir import save_figure, write_atomic
 
 # Every run of the map evaluates once, at its end (and at step 60 of a longer run): greedy accuracy
@@ -215,65 +212,22 @@ def quick_map():
 # Runs: one directory per (flags, seed), shared by the cells that need it
 
 
-def run_name(flags, seed):
-    """A directory name from a run's flags: "--preset grpo --mu 4" -> "preset-grpo_mu-4-seed0"."""
-    words = [w.lstrip("-") for w in flags]
-    parts = ["-".join(words[i:i + 2]) for i in range(0, len(words), 2)]
-    return "_".join(parts) + f"-seed{seed}"
-
-
-@dataclass(frozen=True)
-class MapRun:
-    name: str
-    dir: Path
-    argv: list
-
-
 def map_runs(cells, run_flags, out):
-    """Every run the cells need, once each, in the order the cells name them."""
+    """Every run the cells need (runner.Run, named by runner.run_name), once each, in the order
+    the cells name them."""
     runs = {}
     for cell in cells:
         for flags in (cell.on, cell.off):
             for seed in range(cell.seeds):
                 name = run_name(flags, seed)
-                argv = run_flags + list(flags) + ["--seed", str(seed), "--out-dir", str(out / name)]
-                runs.setdefault(name, MapRun(name, out / name, argv))
+                runs.setdefault(name, runner.seeded_run(name, run_flags + list(flags), seed, out))
     return list(runs.values())
 
 
 # -----------------------------------------------------------------------------
-# What a run measured, and the paired statistics of a cell
+# The paired statistics of a cell: runner.run_measures of its runs, on against off
 
 
-def run_measures(files):
-    """The numbers read from one finished run (read_run's dict)."""
-    final, base = files["summary"]["final"], files["summary"]["base"]
-    metrics = files["metrics"]
-    rl = final[RL_LEVEL]
-    styles = {s: n / sum(rl["styles"].values()) for s, n in rl["styles"].items()}
-    atoms = list(rl["steps"].values())
-    return dict(
-        acc=rl["acc"],
-        gain=rl["acc"] - base[RL_LEVEL]["acc"],
-        atoms=float(np.mean(atoms)),
-        atoms_min=float(np.min(atoms)),
-        ood=final[OOD_LEVEL]["acc"],
-        length=rl["len"],
-        entropy=mean_of_last_steps(metrics, "entropy"),
-        kl=mean_of_last_steps(metrics, "kl"),
-        clip_frac=float(np.mean([m["clip_frac"] for m in metrics])),
-        reward=mean_of_last_steps(metrics, "reward"),
-        careful=styles["careful"],
-        shortcut=styles["shortcut"],
-        left_to_right=styles["left-to-right"],
-        bare=styles["bare"],
-        collapsed=collapsed([m["reward"] for m in metrics], [m["resp_len"] for m in metrics],
-                            rl["acc"], base[RL_LEVEL]["acc"]),
-    )
-
-
-MEASURES = ("acc", "gain", "atoms", "atoms_min", "ood", "length", "entropy", "kl", "clip_frac",
-            "reward", "careful", "shortcut", "left_to_right", "bare")
 # The families of tests, decided before the map was re-read: Holm adjusts within each. gain is acc
 # less the base's (the same test as acc), clip_frac is 0 in an unclipped arm by construction: no
 # test of their own.
@@ -353,13 +307,8 @@ def reread(payload):
 
 
 def interval(d, digits=3):
-    """ "+0.156 [+0.009, +0.303]"; "n/a" where there is no number."""
-    if math.isnan(d["mean"]):
-        return "n/a"
-    if math.isnan(d["half"]):
-        return f"{d['mean']:+.{digits}f}"
-    low, high = d["mean"] - d["half"], d["mean"] + d["half"]
-    return f"{d['mean']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    """ "+0.156 [+0.009, +0.303]" of a paired summary d; "n/a" where there is no number."""
+    return stats.interval_text(d["mean"], d["half"], digits)
 
 
 def tested(d, digits=3):
@@ -413,15 +362,6 @@ def results_markdown(results, legend=LEGEND):
     return "\n".join(lines) + "\n"
 
 
-def mean_interval(values):
-    """Mean and 95% t half-width of one arm's per-seed values (nan half-width below two)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), math.nan
-    t = stats.t_quantile(0.975, len(values) - 1)
-    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
-
-
 def axis_of(rows):
     """Where a pair's cells sit on the x axis, and their tick labels: the learning rate on a log
     scale when the cells differ only in it; else one named category per cell."""
@@ -459,7 +399,7 @@ def plot_component(results, component, measure, path):
         joined = "o-" if log else "o"  # a line joins points of one axis, not named conditions
         top, bottom = axes[0, col], axes[1, col]
         for arm, color, shift in (("on", "tab:blue", -0.04), ("off", "tab:orange", 0.04)):
-            points = [mean_interval(r["arms"][arm][measure]) for r in rows]
+            points = [stats.mean_interval(r["arms"][arm][measure]) for r in rows]
             where = [x * (1 + shift) if log else x + shift for x in xs]
             top.errorbar(where, [m for m, _ in points], yerr=[np.nan_to_num(h) for _, h in points],
                          fmt=joined, color=color, capsize=4,
@@ -533,80 +473,73 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="the reduced map: one cell per component")
     p.add_argument("--regimes-dir", default=None,
                    help="runs/regimes, or runs/regimes-quick with --quick")
-    add_modes(p, "the tables and figures")
+    runner.add_modes(p, COLLECTS)
     p.add_argument("--reread", default=None, metavar="JSON",
                    help="re-read the first round's results.json (no per-seed values) with this "
                         "map's tests; writes the table beside it as .md; runs nothing")
     return p
 
 
+COLLECTS = "the tables and figures"  # what --collect writes
+
+
 def parse(argv):
+    """The map's own flags, its cells, and the map as the runner runs it (its runs, and the warm
+    start they share), all checked before any work."""
     p = build_parser()
     args, run_flags = p.parse_known_args(argv)
     cells = quick_map() if args.quick else full_map()
     out = Path(args.regimes_dir or ("runs/regimes-quick" if args.quick else "runs/regimes"))
     runs = map_runs(cells, MAP_FLAGS + run_flags, out)
-    names = ["warm-start"] + [r.name for r in runs]
-    if args.run is not None and args.run not in names:
-        p.error(f"--run: no run {args.run!r} in this map")
-    for run in runs:
-        nanorgra.parse_args(run.argv)  # every run's flags are checked before any work starts
-    return args, MAP_FLAGS + run_flags, cells, out, runs
-
-
-def print_commands(argv, runs):
-    me = "python experiments/regimes.py " + shlex.join(a for a in argv if a != "--print-commands")
-    print("# 1. the warm start (cached in --base-dir): run it first, once")
-    print(f"{me} --run warm-start")
-    print("# 2. the runs, in any order, anywhere --base-dir and --regimes-dir are shared")
-    for run in runs:
-        print(f"{me} --run {run.name}")
-    print("# 3. when every run has finished: the tables and figures")
-    print(f"# {me} --collect")
+    regime_map = runner.Experiment("experiments/regimes.py", runs,
+                                   {"warm-start": MAP_FLAGS + run_flags}, out,
+                                   f"{len(cells)} cells, {len(runs)} runs", COLLECTS)
+    runner.check_runs(p, args.run, regime_map)
+    return args, cells, regime_map
 
 
 def collect(cells, runs):
     """The results of every cell, and the metrics rows of every run (for the trajectories)."""
-    missing = [r.name for r in runs if not (r.dir / "summary.json").exists()]
-    if missing:
-        raise SystemExit(f"not finished yet: {len(missing)} runs, e.g. {', '.join(missing[:3])}")
-    files = {r.name: read_run(r.dir) for r in runs}
-    measured = {name: run_measures(f) for name, f in files.items()}
+    files = runner.read_finished(runs)
+    measured = {name: runner.run_measures(f) for name, f in files.items()}
     histories = {name: f["metrics"] for name, f in files.items()}
     return adjust_by_family([cell_result(cell, measured) for cell in cells]), histories
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args, run_flags, cells, out, runs = parse(argv)
-    if args.reread is not None:
-        table = results_markdown(reread(json.loads(Path(args.reread).read_text())), REREAD_LEGEND)
-        write_atomic(Path(args.reread).with_suffix(".md"), table)
-        return print(table)
-    if args.print_commands:
-        return print_commands(argv, runs)
-    if args.run == "warm-start":
-        return warm_start_once(run_flags)
-    if args.run is not None:
-        return run_one(next(r for r in runs if r.name == args.run).argv)
-    t0 = time.time()
-    if not args.collect:
-        warm_start_once(run_flags)
-        print(f"regimes: {len(cells)} cells, {len(runs)} runs into {out}, {args.jobs} at a time")
-        if "stopped" in run_all(runs, args.jobs):
-            return print("stopped; run the same command again to continue")
-    results, histories = collect(cells, runs)
+def reread_file(path):
+    """--reread: the table of a first-round results.json, written beside it as .md."""
+    table = results_markdown(reread(json.loads(Path(path).read_text())), REREAD_LEGEND)
+    write_atomic(Path(path).with_suffix(".md"), table)
+    print(table)
+
+
+def write_results(argv, cells, results, histories, seconds, out):
+    """results.md, results.json, and each component's figures, into out; returns the table."""
     table = results_markdown(results)
     command = "python experiments/regimes.py " + " ".join(argv)
     write_atomic(out / "results.md", table)
-    payload = dict(command=command, seconds=time.time() - t0, runs=len(runs), cells=results)
+    payload = dict(command=command, seconds=seconds, runs=len(histories), cells=results)
     write_atomic(out / "results.json", json.dumps(payload, indent=1))
     for component in dict.fromkeys(c.component for c in cells):
         slug = component.replace(" ", "_")
         plot_component(results, component, "acc", out / f"regimes_{slug}.png")
         cell = headline_cell(results, component)
         plot_trajectories(cell, histories, out / f"regimes_{slug}_trajectories.png")
-    print(table + f"\nregimes: {len(runs)} runs; {time.time() - t0:.0f}s; results in {out}")
+    return table
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, cells, regime_map = parse(argv)
+    if args.reread is not None:
+        return reread_file(args.reread)
+    t0 = time.time()
+    if not runner.run_modes(args, argv, regime_map):
+        return None
+    results, histories = collect(cells, regime_map.runs)
+    table = write_results(argv, cells, results, histories, time.time() - t0, regime_map.out)
+    print(table + f"\nregimes: {len(regime_map.runs)} runs; {time.time() - t0:.0f}s; results in "
+          f"{regime_map.out}")
     return results
 
 

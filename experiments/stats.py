@@ -7,6 +7,8 @@ experiments/stats.py: the statistics every experiment reads its runs with, decid
     mcnemar_exact(on, off)    collapse counts of two arms that share their seeds (paired)
     fisher_exact(...)         collapse counts of two arms that do not share seeds
     welch(x, y)               two independent samples (the study's fine-tunes)
+    mean_ci95, mean_interval  a mean over seeds and its 95% interval; mean_text and
+                              interval_text write them in the tables
 
 Why an exact sign-flip test: under "the switch changes nothing", each seed's difference is as
 likely to be +d as -d, so the 2^n ways of flipping the signs are equally likely; p is the share of
@@ -83,6 +85,56 @@ def t_quantile(q, df):
         else:
             high = mid
     return (low + high) / 2
+
+
+# -----------------------------------------------------------------------------
+# A mean over seeds with its 95% interval, and how the tables write one
+
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042]  # Student's t, 0.975 quantile, 1 to 30 degrees of freedom
+
+
+def mean_ci95(values):
+    """Mean and half-width of its 95% confidence interval over seeds,
+    t_{0.975, n-1} * sample std / sqrt(n), t from the table T_975 (1.96 beyond 30 seeds): the
+    sweep's and the study's tables. One value has no interval (nan)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return (float(x.mean()) if len(x) else math.nan), math.nan
+    t = T_975[len(x) - 2] if len(x) - 1 <= len(T_975) else 1.96
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def mean_interval(values):
+    """Mean and 95% half-width of per-seed values as mean_ci95, with t_quantile's exact t: the
+    figures of the regime map and the confirmations. Below two values the half-width is nan."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), math.nan
+    t = t_quantile(0.975, len(values) - 1)
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def mean_text(mean_and_half, digits=3):
+    """ "0.683 ± 0.111"; the mean alone where there is no interval; "n/a" where there is no
+    number."""
+    mean, half = mean_and_half
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {half:.{digits}f}"
+
+
+def interval_text(mean, half, digits=3):
+    """A signed difference with its interval: "+0.156 [+0.009, +0.303]"; the difference alone
+    where there is no interval; "n/a" where there is no number."""
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(half):
+        return f"{mean:+.{digits}f}"
+    low, high = mean - half, mean + half
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 # -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ for n problems, S samples per problem, L tokens per sample. The plan assumes one
 the tokens really generated differ, so the FLOPs actually spent are reported too, and the plot
 draws coverage against them.
 
-The models, warm-started by nanorgra.warm_start: SE is the size of nanorgra's flags; WC is
+The models, warm-started by warmstart.warm_start: SE is the size of nanorgra's flags; WC is
 --wc-n-layer / --wc-n-head / --wc-n-embd; the student is WC-sized with --student-base-seed, a model
 that sampled none of the data. Two worlds of warm starts (WORLDS):
   habits   the default two stages: the models write in four habits (careful, left to right,
@@ -65,13 +65,15 @@ from matplotlib.figure import Figure  # imported before any work: the plot at th
 import numpy as np
 import torch
 
+import batches
+import evaluation
 import nanorgra
-from data.tasks import OOD_LEVEL, RL_LEVEL, corpus_examples, prompt_text, sample_problems, \
-    test_exprs, worked_solution
+import warmstart
+from data.tasks import OOD_LEVEL, RL_LEVEL, prompt_text, sample_problems, test_exprs, \
+    worked_solution
 from data.tokenizer import get_tokenizer
 from distributed import setup_device
-from experiments.stats import holm, p_text, welch
-from experiments.sweep import mean_ci95
+from experiments.stats import holm, interval_text, mean_ci95, mean_text, p_text, welch
 from model import GPT, GPTConfig
 from rundir import cached_json, save_figure, write_atomic
 from verifier import false_positive_rate, no_reasoning_share, outcome_reward, reasoning_kind, \
@@ -171,14 +173,15 @@ def data_quality(problems, samples, n_params, k, planned_tokens):
 
 
 def warm_start_exprs(args):
-    """Every expression the warm starts of the study trained on, regenerated draw by draw as
-    nanorgra.train_stage makes them (the model size does not enter the draws)."""
+    """Every expression the warm starts of the study trained on: each step's draws of each stage
+    replayed by the warm start's own warmstart.stage_pairs, for both base seeds (the model size
+    does not enter the draws)."""
     exprs = set()
     for seed in {args.base_seed, args.student_base_seed}:
-        for stage in nanorgra.warm_stages(args):
+        for stage in warmstart.warm_stages(args):
             for step in range(stage.steps):
-                rng = nanorgra.step_rngs(seed, step, stage.stream)[0]
-                exprs.update(p.expr for p, _ in corpus_examples(stage.corpus, args.warm_batch, rng))
+                pairs = warmstart.stage_pairs(stage, step, seed, args.warm_batch)
+                exprs.update(p.expr for p, _ in pairs)
     return exprs
 
 
@@ -205,8 +208,8 @@ def sample_solutions(model, tok, problems, n_samples, max_new_tokens, seed):
     """n_samples completions per problem at temperature 1: texts and generated tokens
     (EOS counted) per problem."""
     prompts = [prompt_text(p) for p in problems]
-    how = nanorgra.Sampling(n_samples, 1.0, max_new_tokens)
-    texts, lengths = nanorgra.sample_texts(model, tok, prompts, how, seed=seed)
+    how = evaluation.Sampling(n_samples, 1.0, max_new_tokens)
+    texts, lengths = evaluation.sample_texts(model, tok, prompts, how, seed=seed)
 
     def per_problem(flat):
         return [flat[i * n_samples:(i + 1) * n_samples] for i in range(len(problems))]
@@ -242,7 +245,7 @@ def finetune_order(n_examples, steps, batch, seed):
 
 
 def finetune(base, tok, kept, study, seed):
-    """A copy of base after --ft-steps supervised steps (nanorgra.supervised_step) of --ft-batch
+    """A copy of base after --ft-steps supervised steps (warmstart.supervised_step) of --ft-batch
     examples of kept at the constant rate --ft-lr. With nothing kept the copy is
     returned untrained."""
     model = GPT(base.config, precision=base.precision).to(base.device)
@@ -252,18 +255,13 @@ def finetune(base, tok, kept, study, seed):
     order = finetune_order(len(kept), study.ft_steps, study.ft_batch, seed) if kept else []
     for idx in order:
         problems, texts = zip(*[kept[i] for i in idx])
-        batch = nanorgra.packed_examples(tok, problems, texts, base.device)
-        losses.append(nanorgra.supervised_step(model, opt, batch))
+        batch = batches.packed_examples(tok, problems, texts, base.device)
+        losses.append(warmstart.supervised_step(model, opt, batch))
     return model, losses
 
 
 # -----------------------------------------------------------------------------
 # Tables and the plot
-
-
-def fmt(mean_and_half):
-    mean, half = mean_and_half
-    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
 def verdict_tests(rows, wc_source):
@@ -290,8 +288,8 @@ def verdict(test):
 
 
 def verdict_text(test):
-    low, high = test["diff"] - test["half"], test["diff"] + test["half"]
-    return (f"{test['verdict']}: {test['diff']:+.3f} [{low:+.3f}, {high:+.3f}], "
+    """ "WC better: +0.052 [+0.010, +0.094], p 0.012, adj. 0.048"."""
+    return (f"{test['verdict']}: {interval_text(test['diff'], test['half'])}, "
             f"p {p_text(test['p'])}, adj. {p_text(test['p_adjusted'])}")
 
 
@@ -323,8 +321,8 @@ def study_markdown(quality, rows, bases, params, verdicts):
                         test = verdicts[family][world, data_filter, setup] if family else None
                         claim = f"{family}: {verdict_text(test)}" if test else ""
                         lines.append(f"| {world} | {data_filter} | {setup} | {model} | "
-                                     f"{r['source']} | {r['kept']} | {fmt(r['acc'])} | "
-                                     f"{fmt(r['ood_acc'])} | {claim} |")
+                                     f"{r['source']} | {r['kept']} | {mean_text(r['acc'])} | "
+                                     f"{mean_text(r['ood_acc'])} | {claim} |")
     return "\n".join(lines) + "\n"
 
 
@@ -449,8 +447,8 @@ def main(argv=None):
     for world in WORLDS:
         models[world], bases[world] = {}, {}
         for name, a in model_args(args, study, world).items():
-            models[world][name], path = nanorgra.warm_start(a, tok, device, log=print)
-            bases[world][name] = nanorgra.base_evaluation(models[world][name], tok, a, path)
+            models[world][name], path = warmstart.warm_start(a, tok, device, log=print)
+            bases[world][name] = evaluation.base_evaluation(models[world][name], tok, a, path)
             params[name] = models[world][name].num_params()
     ratio, t_models = params["se"] / params["wc"], time.time() - t0
     s_se = study.s_se
@@ -488,7 +486,7 @@ def main(argv=None):
         def make(base=base, kept=kept, seed=seed):
             t = time.time()
             model, losses = finetune(base, tok, kept, study, seed)
-            ev = nanorgra.evaluate_all(model, tok, args, full=False)
+            ev = evaluation.evaluate_all(model, tok, args, full=False)
             return dict(kept=len(kept), final_loss=float(losses[-1]) if losses else None,
                         seconds=time.time() - t, eval=ev)
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import nanorgra
-from experiments import confirm, regimes
+from experiments import confirm, regimes, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,23 +48,15 @@ def test_the_set_names_each_run_once_and_every_run_parses(tmp_path):
 
 
 def fake_measures(value, collapsed=False):
-    return {m: value for m in regimes.MEASURES} | {"collapsed": collapsed}
+    return {m: value for m in runner.MEASURES} | {"collapsed": collapsed}
 
 
 def test_the_analysis_adjusts_the_six_primary_p_by_holm_and_reads_both_bases():
-    measured = {}
-    for h in confirm.HYPOTHESES:
-        for b in confirm.BASES:
-            for i, seed in enumerate(confirm.seeds_of(h)):
-                on = confirm.run_name(confirm.arm_flags(b, h.on), seed)
-                off = confirm.run_name(confirm.arm_flags(b, h.off), seed)
-                if h.name == "KL":  # on always above off, by a different amount each seed
-                    measured[on], measured[off] = fake_measures(0.5 + 0.01 * (i + 1)), \
-                        fake_measures(0.5)
-                else:  # alternating signs: no effect
-                    sign = 1 if i % 2 else -1
-                    measured[on], measured[off] = fake_measures(0.5 + sign * 0.01), \
-                        fake_measures(0.5)
+    rising = lambda i: 0.01 * (i + 1)  # noqa: E731 - on above off, by a different amount each seed
+    alternating = lambda i: 0.01 if i % 2 else -0.01  # noqa: E731 - no effect
+    effects = {(h.name, b): rising if h.name == "KL" else alternating
+               for h in confirm.HYPOTHESES for b in confirm.BASES}
+    measured = measured_with(effects)
     tests, verdicts = confirm.analyse(measured)
     assert len(tests) == 6
     kl = [t for t in tests if t["hypothesis"] == "KL"]
@@ -85,8 +77,8 @@ def measured_with(effects):
         for b in confirm.BASES:
             effect = effects.get((h.name, b), lambda i: 0.0)
             for i, seed in enumerate(confirm.seeds_of(h)):
-                on = confirm.run_name(confirm.arm_flags(b, h.on), seed)
-                off = confirm.run_name(confirm.arm_flags(b, h.off), seed)
+                on = runner.run_name(confirm.arm_flags(b, h.on), seed)
+                off = runner.run_name(confirm.arm_flags(b, h.off), seed)
                 measured[on], measured[off] = fake_measures(0.5 + effect(i)), fake_measures(0.5)
     return measured
 

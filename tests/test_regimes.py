@@ -7,7 +7,7 @@ import math
 import pytest
 
 import nanorgra
-from experiments import regimes
+from experiments import regimes, runner
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3",
         "--habit-steps", "2", "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2",
@@ -24,7 +24,7 @@ def measured_runs(cell, on_values, off_values, collapsed_on=(), collapsed_off=()
     measured = {}
     for s, (a, b) in enumerate(zip(on_values, off_values)):
         for flags, value, down in ((cell.on, a, collapsed_on), (cell.off, b, collapsed_off)):
-            measured[regimes.run_name(flags, s)] = {m: value for m in regimes.MEASURES} | {
+            measured[runner.run_name(flags, s)] = {m: value for m in runner.MEASURES} | {
                 "collapsed": s in down}
     return measured
 
@@ -63,7 +63,7 @@ def test_a_first_round_map_is_reread_with_t_p_from_its_intervals_holm_and_fisher
     with 18 null cells beside it Holm makes it 19 x 0.0036 = 0.068; 5 of 5 collapsed against 0 of
     5 gives Fisher's p 0.008."""
     def old_cell(mean, half, collapsed_on=0, collapsed_off=0):
-        diff = {m: dict(mean=0.0, half=0.1, separable=False) for m in regimes.MEASURES}
+        diff = {m: dict(mean=0.0, half=0.1, separable=False) for m in runner.MEASURES}
         diff["acc"] = dict(mean=mean, half=half, separable=True)
         return dict(component="KL", pair="p", line="the paper's conditions, lr 1e-3", x=1.0,
                     seeds=5, on=[], off=[], diff=diff, means=dict(on=dict(acc=0.0),
@@ -102,16 +102,6 @@ def test_collapse_counts_of_arms_that_share_seeds_get_mcnemars_exact_p():
     assert result["collapse"]["p"] == 0.0625  # 5 discordant seeds, all one way
 
 
-def test_a_collapsed_run_is_counted_by_the_sweeps_rule():
-    rows = [dict(reward=r, resp_len=n, entropy=0.5, kl=None, clip_frac=0.0)
-            for r, n in [(0.4, 30.0)] * 5 + [(0.05, 30.0)] * 5]
-    styles = {"careful": 1, "left-to-right": 0, "shortcut": 0, "bare": 0, "other": 0}
-    level = dict(acc=0.5, len=25.0, styles=styles, steps={"1-digit +": 1.0})
-    files = dict(summary=dict(base={"mix3": dict(acc=0.2), "ood4": dict(acc=0.0)},
-                              final={"mix3": level, "ood4": dict(acc=0.0)}), metrics=rows)
-    assert regimes.run_measures(files)["collapsed"] is True  # the reward fell below half its start
-
-
 # -----------------------------------------------------------------------------
 # Cells and runs
 
@@ -146,7 +136,7 @@ def test_the_full_map_names_a_run_at_default_flags_once_for_every_cell_that_need
     users = {}
     for cell in cells:
         for flags in (cell.on, cell.off):
-            users.setdefault(regimes.run_name(flags, 0), set()).add(cell.component)
+            users.setdefault(runner.run_name(flags, 0), set()).add(cell.component)
     assert users["preset-rgra-seed0"] == {"negative feedback", "std and aggregation"}
     stale_grpo = ("--preset", "grpo", "--lr", "3e-4", "--minibatches", "8")
     assert sum(stale_grpo in (cell.on, cell.off) for cell in cells) == 4  # one run, four cells
@@ -176,7 +166,7 @@ def test_tiny_map_writes_tables_and_figures_and_a_rerun_reuses_or_resumes_runs(t
     results = json.loads((out / "results.json").read_text())
     assert results["runs"] == 6 and results["command"].startswith("python experiments/regimes.py")
     assert [c["pair"] for c in results["cells"]] == ["beta 0.05 vs 0", "both vs pos"]
-    assert set(first[0]["diff"]) == set(regimes.MEASURES)
+    assert set(first[0]["diff"]) == set(runner.MEASURES)
     assert "### KL" in (out / "results.md").read_text()
     for slug in ("KL", "negative_feedback"):
         assert (out / f"regimes_{slug}.png").exists()

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import data.tasks as tasks
+import evaluation
 import nanorgra
+import warmstart
 from data.tasks import Problem, evaluate, worked_solution
 from data.tokenizer import get_tokenizer
 from experiments import study
@@ -155,21 +157,28 @@ def test_data_quality_reads_the_first_k_samples_and_their_tokens():
 # The problems: fresh, never trained on
 
 
-def test_warm_start_exprs_are_exactly_what_both_warm_start_stages_trained_on(tmp_path, monkeypatch):
+def test_the_warm_starts_draws_are_replayed_by_its_own_stage_pairs_and_all_kept_apart(
+        tmp_path, monkeypatch):
+    """What every step of a warm start packed, in order: warmstart.stage_pairs draws the same
+    pairs (the same problems, styles and order), and warm_start_exprs holds every problem."""
     args = run_args(*TINY[:6], "--skill-steps", "4", "--habit-steps", "3", "--warm-batch", "16",
                     "--base-seed", "3", "--base-dir", str(tmp_path))
     args.student_base_seed = 3  # one warm start here, so both seeds are the same one
-    trained = set()
-    real_pack = nanorgra.packed_examples
+    packed = []  # per step: (expression, text) of each example
+    real_pack = warmstart.packed_examples
 
-    def recording_pack(tok, problems, *rest):
-        trained.update(p.expr for p in problems)
-        return real_pack(tok, problems, *rest)
+    def recording_pack(tok, problems, texts, *rest):
+        packed.append([(p.expr, t) for p, t in zip(problems, texts)])
+        return real_pack(tok, problems, texts, *rest)
 
-    monkeypatch.setattr(nanorgra, "packed_examples", recording_pack)
-    nanorgra.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)
-    assert len(trained) > 16
-    assert study.warm_start_exprs(args) == trained
+    monkeypatch.setattr(warmstart, "packed_examples", recording_pack)
+    warmstart.warm_start(args, get_tokenizer(), torch.device("cpu"), log=lambda *a: None)
+    replayed = [[(p.expr, tasks.STYLES[style](p.expr))
+                 for p, style in warmstart.stage_pairs(stage, step, 3, 16)]
+                for stage in warmstart.warm_stages(args) for step in range(stage.steps)]
+    assert len(packed) == 4 + 3 and packed == replayed
+    trained = {expr for step in packed for expr, _ in step}
+    assert len(trained) > 16 and study.warm_start_exprs(args) == trained
 
 
 def test_study_problems_avoid_every_test_set_and_every_warm_start_draw(monkeypatch):
@@ -202,7 +211,7 @@ def test_sampling_is_fixed_by_the_seed_and_does_not_depend_on_the_chunking(monke
     a = draw(0)
     assert [len(t) for t in a["texts"]] == [3] * 5
     assert all(1 <= n <= 12 for t in a["tokens"] for n in t)
-    monkeypatch.setattr(nanorgra, "SAMPLE_ROWS", 6)  # 2 problems of 3 samples a call
+    monkeypatch.setattr(evaluation, "SAMPLE_ROWS", 6)  # 2 problems of 3 samples a call
     assert draw(0) == a
     assert draw(1) != a
 

@@ -1,5 +1,6 @@
-"""experiments/sweep.py: interval arithmetic, the collapse rule, the variants, and the whole command
-(its --quick form) on a tiny model, including resuming a sweep without redoing its runs."""
+"""experiments/sweep.py: the intervals of its table, the variants, and the whole command (its
+--quick form) on a tiny model, including resuming a sweep without redoing its runs. The runner it
+shares with the other experiments (the collapse rule among it) is tests/test_runner.py's."""
 
 import json
 import math
@@ -9,7 +10,7 @@ from dataclasses import asdict
 import pytest
 
 import nanorgra
-from experiments import sweep
+from experiments import stats, sweep
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3",
         "--habit-steps", "2", "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2",
@@ -23,64 +24,22 @@ def sweep_argv(tmp_path, *extra):
 
 
 def test_ci95_of_known_numbers_uses_student_t():
-    mean, half = sweep.mean_ci95([1.0, 2.0, 3.0])
+    mean, half = stats.mean_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)  # sample std of 1,2,3 is 1
-    assert sweep.mean_ci95([0.5, 0.5, 0.5, 0.5]) == (0.5, 0.0)
+    assert stats.mean_ci95([0.5, 0.5, 0.5, 0.5]) == (0.5, 0.0)
 
 
 def test_ci95_of_one_seed_has_no_interval():
-    mean, half = sweep.mean_ci95([0.7])
+    mean, half = stats.mean_ci95([0.7])
     assert mean == 0.7 and math.isnan(half)
 
 
-def test_collapse_rule_flags_falling_reward_and_shrinking_length():
-    flat_len = [30.0] * 20
-    assert sweep.collapsed([0.4] * 10 + [0.05] * 10, flat_len)  # reward fell below half its start
-    shrinking_len = [30.0] * 10 + [10.0] * 10
-    assert sweep.collapsed([0.4] * 20, shrinking_len)  # length fell below half its start
-    assert sweep.collapsed([0.0] * 20, [30.0] * 10 + [2.0] * 10)  # degenerate, very short outputs
-    assert sweep.collapsed([0.4] * 20, [20.0] * 10 + [72.0] * 10)  # babbling to the length cap
+def test_the_table_writes_a_mean_with_its_interval_the_mean_alone_or_n_a():
+    assert stats.mean_text((0.6834, 0.1111)) == "0.683 ± 0.111"
+    assert stats.mean_text((0.6834, math.nan), 2) == "0.68"
+    assert stats.mean_text((math.nan, math.nan)) == "n/a"
 
-
-def test_collapse_rule_flags_a_run_that_collapsed_in_its_first_steps_by_its_final_accuracy():
-    early = [0.01] * 20  # the reward fell at the first update: the start window has collapsed too
-    assert not sweep.collapsed(early, [25.0] * 20)
-    assert sweep.collapsed(early, [25.0] * 20, acc=0.02, base_acc=0.17)
-    assert not sweep.collapsed(early, [25.0] * 20, acc=0.10, base_acc=0.17)  # above half the base
-
-
-def test_collapse_rule_spares_healthy_and_noisy_runs():
-    assert not sweep.collapsed([0.3, 0.4, 0.35, 0.5, 0.45] * 4, [30.0] * 20)  # rising, noisy reward
-    assert not sweep.collapsed([0.0] * 20, [30.0] * 20)  # never learned, but did not collapse
-    assert not sweep.collapsed([0.4, 0.0], [30.0, 1.0])  # too short to judge
-
-
-
-@pytest.mark.parametrize("acc,gain,reward", [
-    (0.906, 0.732, 0.878),  # base 0, seed 1014, positive-only: the best of its arm's 18 runs
-    (0.872, 0.718, 0.830),  # base 1, seed 1007, positive-only
-])
-@pytest.mark.parametrize("end_len", [10.0, 60.0])  # the length halved, or doubled
-def test_collapse_rule_never_flags_a_run_that_learned_however_its_length_moved(
-        acc, gain, reward, end_len):
-    """The confirmations' two positive-only runs that the old rule flagged by their length alone
-    (data/results/confirm.json: final accuracy, gain over the base, the reward of the last 5
-    steps). Their per-step trajectories are not stored: the start window's reward (0.2) and
-    length (25 tokens) are this base's order of size, and the length moves past the rule's bound
-    either way."""
-    rewards = [0.2] * 10 + [reward] * 10
-    lengths = [25.0] * 10 + [end_len] * 10
-    assert not sweep.collapsed(rewards, lengths, acc=acc, base_acc=acc - gain)
-    assert not sweep.collapsed(rewards, lengths)  # without accuracies: its reward rose
-
-
-def test_collapse_rule_counts_a_moved_length_in_a_run_that_did_not_learn():
-    shrinking = [25.0] * 10 + [10.0] * 10
-    assert sweep.collapsed([0.2] * 10 + [0.15] * 10, shrinking)  # the reward ended lower
-    # the reward rose, but the accuracy ended below the base's: not learned either
-    assert sweep.collapsed([0.1] * 10 + [0.15] * 10, shrinking, acc=0.15, base_acc=0.17)
-    assert not sweep.collapsed([0.1] * 10 + [0.15] * 10, shrinking, acc=0.20, base_acc=0.17)
 
 @pytest.mark.parametrize("variant,changed", [
     ("rgra", {}), ("grpo", {"ratio": True, "clip": True}),
@@ -96,11 +55,12 @@ def test_each_variant_changes_the_rgra_run_where_its_name_says(variant, changed)
     assert (args.lr > nanorgra.parse_args([]).lr) == variant.startswith("rgra_lr")
 
 
-def test_run_argv_gives_each_run_the_sweeps_flags_its_variant_its_seed_and_its_own_directory(
-        tmp_path):
-    args = nanorgra.parse_args(sweep.run_argv(["--steps", "5"], "grpo_neg", 1, tmp_path))
+def test_each_run_gets_the_sweeps_flags_its_variant_its_seed_and_its_own_directory(tmp_path):
+    run = sweep.sweep_run("grpo_neg", 1, ["--steps", "5"], tmp_path)
+    args = nanorgra.parse_args(run.argv)
     got = (args.steps, args.seed, args.loss.adv_sign, args.out_dir)
     assert got == (5, 1, "neg", str(tmp_path / "grpo_neg-seed1"))
+    assert (run.name, sweep.variant_of(run.name)) == ("grpo_neg-seed1", "grpo_neg")
 
 
 def test_tiny_quick_sweep_writes_its_table_json_curves_and_plots(tmp_path):
@@ -152,14 +112,18 @@ def test_finished_runs_made_with_other_settings_are_refused(tmp_path):
         sweep.main(sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra", "--steps", "4"))
 
 
+def parsed(*argv):
+    """The sweep's folder, its runs, and the steps of its first run, as parse makes them."""
+    _, _, experiment = sweep.parse(list(argv))
+    runs = experiment.runs
+    return str(experiment.out), len(runs), nanorgra.parse_args(runs[0].argv).steps
+
+
 def test_quick_and_full_sweeps_default_to_different_directories_and_step_counts():
-    _, _, _, out, runs = sweep.parse(["--quick", "--variants", "rgra"])
-    steps = nanorgra.parse_args(runs[0].argv).steps
-    assert (str(out), len(runs), steps) == ("runs/sweep-quick", 3, 30)
-    _, _, _, out, runs = sweep.parse(["--variants", "rgra"])
-    assert (str(out), len(runs), nanorgra.parse_args(runs[0].argv).steps) == ("runs/sweep", 3, 60)
-    _, _, _, _, runs = sweep.parse(["--quick", "--steps", "7", "--variants", "rgra"])
-    assert nanorgra.parse_args(runs[0].argv).steps == 7  # a flag given wins over --quick's
+    assert parsed("--quick", "--variants", "rgra") == ("runs/sweep-quick", 3, 30)
+    assert parsed("--variants", "rgra") == ("runs/sweep", 3, 60)
+    # a flag given wins over --quick's
+    assert parsed("--quick", "--steps", "7", "--variants", "rgra") == ("runs/sweep-quick", 3, 7)
 
 
 @pytest.mark.parametrize("flags,word", [(["--variants", "rgra,ppo"], "ppo"),

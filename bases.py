@@ -189,10 +189,18 @@ def test_sets_fingerprint(levels):
 def find_base(name, base_dir):
     """The file of the base called name (base-<stage>-<key>.pt): under base_dir (this machine's),
     else shipped in bases/; None if neither has it."""
-    for folder in (Path(base_dir), SHIPPED_DIR):
+    for folder in (Path(base_dir), shown(SHIPPED_DIR)):
         if agree((folder / name).exists()):
             return folder / name
     return None
+
+
+def shown(path):
+    """path relative to the working directory where it is below it (bases/...), for the logs."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd())
+    except ValueError:
+        return Path(path)
 
 
 def sidecar(path):
@@ -204,8 +212,9 @@ def sidecar(path):
 def load_base(model, path):
     """model's weights from path, after checking the file against the sha256 in its sidecar:
     a damaged or swapped file is refused with SystemExit, naming it and what to do."""
-    what_to_do = ("delete it and its .json to train it again" if SHIPPED_DIR not in path.parents
-                  else "restore it with git checkout, or pass --retrain-base")
+    shipped = SHIPPED_DIR in Path(path).resolve().parents
+    what_to_do = ("restore it with git checkout, or pass --retrain-base" if shipped
+                  else "delete it and its .json to train it again")
     if not sidecar(path).exists():
         raise SystemExit(f"base {path} has no {sidecar(path).name} beside it: {what_to_do}")
     expected = json.loads(sidecar(path).read_text())["sha256"]

@@ -44,6 +44,19 @@ def digest(value):
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
+def weights_fingerprint(path):
+    """A hash of a model file's weights (names, dtypes, shapes, bytes), not of its name or its key:
+    two bases trained from the same key on two kinds of CPU differ here."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)  # a run's checkpoint holds the weights under "model"
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].contiguous()
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def file_sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

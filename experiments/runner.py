@@ -14,26 +14,38 @@ here or in worker processes, the modes of their command lines, and reading a fin
 
 The same command continues an experiment across sessions: a finished run is skipped (after checking
 that its settings are the experiment's), an interrupted one resumed from its checkpoint.
+
+Every finished run also leaves a record in the repository, data/records/<experiment dir>/<run>.json
+(NANORGRA_RECORDS moves the folder): what --collect reads (its summary, its metrics a step, its
+evaluations) and where it came from: the fingerprint of its base's weights, the commit of the code
+that ran it, the CPU, the threads and its seconds. Commit the records as they come: a later sitting,
+on another machine, skips every run that has one and collects from them, and collecting refuses to
+pool runs whose bases' fingerprints differ, naming the runs to redo.
 """
 
 import argparse
 import json
 import math
 import multiprocessing
+import os
 import shlex
+import subprocess
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import bases
 import evaluation
 import nanorgra
 import warmstart
 from data.tasks import OOD_LEVEL, RL_LEVEL
 from data.tokenizer import get_tokenizer
 from distributed import setup_device
-from rundir import read_jsonl, run_settings
+from rundir import cpu_name, read_jsonl, run_settings, write_atomic
 
 # -----------------------------------------------------------------------------
 # A run
@@ -77,18 +89,78 @@ def warm_start_once(run_flags):
 
 
 def run_one(argv):
-    """One run, in a worker process or in this one: resumed if it has a checkpoint, skipped if
-    it is finished. Returns "done", "ran" or "stopped"."""
+    """One run, in a worker process or in this one: skipped if it has a record or is finished
+    (its record written if missing), resumed if it has a checkpoint. Returns "done", "ran" or
+    "stopped"."""
     run_dir = Path(argv[argv.index("--out-dir") + 1])
+    record = record_path(run_dir)
     resume = ["--resume"] if (run_dir / "ckpt.pt").exists() else []
     args = nanorgra.parse_args(argv + resume)
+    if record.exists():  # finished here or in another sitting, perhaps on another machine
+        check_settings(json.loads(record.read_text())["settings"], args, record)
+        return "done"
     if (run_dir / "summary.json").exists():  # finished; one made with other settings must not pass
-        if json.loads((run_dir / "config.json").read_text()) != run_settings(args):
-            raise SystemExit(f"{run_dir} holds a finished run with other settings; pass another "
-                             f"directory")
+        check_settings(json.loads((run_dir / "config.json").read_text()), args, run_dir)
+        write_record(run_dir, record, seconds=None)
         return "done"
     args.overwrite = not args.resume  # a run that died before its first checkpoint starts again
-    return "stopped" if nanorgra.train(args, log=lambda *a: None) is None else "ran"
+    t0 = time.time()
+    if nanorgra.train(args, log=lambda *a: None) is None:
+        return "stopped"
+    write_record(run_dir, record, seconds=time.time() - t0)
+    return "ran"
+
+
+# the settings that say where a run ran, not what it computes: a record made elsewhere still counts
+WHERE = ("out_dir", "base_dir", "threads", "device", "resume", "overwrite")
+
+
+def check_settings(settings, args, where):
+    """SystemExit unless settings (a config.json's) are those of args, but for WHERE."""
+    ours = {k: v for k, v in run_settings(args).items() if k not in WHERE}
+    theirs = {k: v for k, v in settings.items() if k not in WHERE}
+    if ours != theirs:
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise SystemExit(f"{where} holds a finished run with other settings ({', '.join(differ)}); "
+                         f"pass another directory")
+
+
+# -----------------------------------------------------------------------------
+# Records: a finished run in the repository, with where it came from
+
+
+def records_dir():
+    """Where the records go: NANORGRA_RECORDS, or data/records in the repository."""
+    default = Path(__file__).resolve().parent.parent / "data" / "records"
+    return Path(os.environ.get("NANORGRA_RECORDS", default))
+
+
+def record_path(run_dir):
+    """The record of the run in run_dir: <records>/<its experiment's dir>/<its name>.json."""
+    return records_dir() / Path(run_dir).parent.name / f"{Path(run_dir).name}.json"
+
+
+def code_commit():
+    """The commit of the code that runs, "+changes" if tracked files differ from it."""
+    def git(*words):
+        done = subprocess.run(["git", *words], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def write_record(run_dir, record, seconds):
+    """The record of a finished run: read_run's files and its provenance (written whole)."""
+    files = read_run(run_dir)
+    settings = json.loads((run_dir / "config.json").read_text())
+    base_path = Path(files["summary"]["base_path"])
+    provenance = dict(base_fingerprint=bases.weights_fingerprint(base_path),
+                      base_file=base_path.name, base_seed=settings["base_seed"],
+                      commit=code_commit(), cpu=cpu_name(), threads=torch.get_num_threads(),
+                      torch=torch.__version__, seconds=seconds and round(seconds, 1))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(record, json.dumps(dict(provenance=provenance, settings=settings, **files)))
 
 
 def claim_a_gpu(gpus):
@@ -231,13 +303,41 @@ def read_run(run_dir):
 
 
 def read_finished(runs):
-    """{run name: read_run's files} of every run; SystemExit naming the runs not finished yet."""
-    missing = [r.name for r in runs if not (r.dir / "summary.json").exists()]
+    """{run name: read_run's files} of every run, from its record (else its directory);
+    SystemExit naming the runs not finished yet, or the runs whose base differs from the others
+    of their base seed."""
+    records = {r.name: record_path(r.dir) for r in runs}
+    missing = [r.name for r in runs
+               if not records[r.name].exists() and not (r.dir / "summary.json").exists()]
     if missing:
         named = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise SystemExit(f"not finished yet: {len(missing)} of {len(runs)} runs ({named}); run "
                          f"them first (see --print-commands)")
-    return {r.name: read_run(r.dir) for r in runs}
+    found = {}
+    for r in runs:
+        if not records[r.name].exists():  # finished before records were kept: one is made now
+            write_record(r.dir, records[r.name], seconds=None)
+        found[r.name] = json.loads(records[r.name].read_text())
+    check_one_base_per_seed(found)
+    return {name: {k: record[k] for k in ("summary", "metrics", "evals")}
+            for name, record in found.items()}
+
+
+def check_one_base_per_seed(records):
+    """SystemExit unless the runs of each base seed ran on one base (the same weights'
+    fingerprint): a base trained on another machine differs in its last digits, and pooling its
+    runs with the others' would mix two experiments. Names the runs to redo: those off the
+    fingerprint most runs of their seed share."""
+    redo = []
+    for seed in sorted({r["provenance"]["base_seed"] for r in records.values()}):
+        mine = {n: r["provenance"]["base_fingerprint"] for n, r in records.items()
+                if r["provenance"]["base_seed"] == seed}
+        common, _ = Counter(mine.values()).most_common(1)[0]
+        redo += [n for n, fingerprint in mine.items() if fingerprint != common]
+    if redo:
+        named = ", ".join(sorted(redo))
+        raise SystemExit(f"runs on another base than the others of their base seed: {named}; "
+                         f"delete their records and run them again on the shipped base")
 
 
 def mean_of_last_steps(metrics, key, n=5):

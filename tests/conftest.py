@@ -6,9 +6,12 @@ before torch is imported, so that one thread is torch's default here, in the war
 environment)."""
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"
+# the experiments' runs write their records here, not into the repository's data/records
+os.environ["NANORGRA_RECORDS"] = tempfile.mkdtemp(prefix="nanorgra-records-")
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS)
 

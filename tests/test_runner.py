@@ -9,9 +9,11 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 import nanorgra
 from experiments import runner
+from rundir import run_settings
 
 # -----------------------------------------------------------------------------
 # A run
@@ -96,15 +98,21 @@ def test_collect_goes_on_to_collect_without_running_anything(tmp_path, monkeypat
 # A finished run
 
 
-def finished_run(run_dir, rewards, lengths):
-    """The files of a finished run whose metrics rows have these rewards and lengths."""
+def finished_run(run_dir, rewards, lengths, argv=(), base_weight=0.0):
+    """The files of a finished run whose metrics rows have these rewards and lengths, run with
+    nanorgra.py's argv from a stand-in base whose one weight is base_weight."""
     styles = {"careful": 1, "left-to-right": 0, "shortcut": 0, "bare": 0, "other": 0}
     level = dict(acc=0.5, len=25.0, styles=styles, steps={"1-digit +": 1.0})
+    base = run_dir.parent / f"base-{base_weight}.pt"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"w": torch.full((2,), base_weight)}, base)
     summary = dict(base={"mix3": dict(acc=0.2), "ood4": dict(acc=0.0)},
-                   final={"mix3": level, "ood4": dict(acc=0.0)})
+                   final={"mix3": level, "ood4": dict(acc=0.0)}, base_path=str(base))
+    settings = run_settings(nanorgra.parse_args([*argv, "--out-dir", str(run_dir)]))
     rows = [dict(reward=r, resp_len=n, entropy=0.5, kl=None, clip_frac=0.0)
             for r, n in zip(rewards, lengths)]
     run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(settings))
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run_dir / "eval.jsonl").write_text("")
@@ -119,6 +127,76 @@ def test_finished_runs_are_read_back_and_missing_ones_named(tmp_path):
     files = runner.read_finished(e.runs)
     assert list(files) == ["rgra-seed0", "rgra-seed1"]
     assert files["rgra-seed1"]["summary"]["final"]["mix3"]["acc"] == 0.5
+
+
+@pytest.fixture
+def records(tmp_path, monkeypatch):
+    """A records folder of the test's own (NANORGRA_RECORDS reaches worker processes too)."""
+    monkeypatch.setenv("NANORGRA_RECORDS", str(tmp_path / "records"))
+    return tmp_path / "records"
+
+
+def test_a_finished_run_leaves_a_record_of_its_files_base_fingerprint_commit_and_machine(
+        tmp_path, records):
+    e = experiment(tmp_path / "sweep")
+    for run in e.runs:
+        finished_run(run.dir, [0.4] * 10, [30.0] * 10, run.argv[:-2])
+    runner.read_finished(e.runs)
+    record = json.loads((records / "sweep" / "rgra-seed1.json").read_text())
+    assert record["summary"]["final"]["mix3"]["acc"] == 0.5 and len(record["metrics"]) == 10
+    provenance = record["provenance"]
+    assert provenance["base_seed"] == 0 and provenance["base_file"] == "base-0.0.pt"
+    assert len(provenance["base_fingerprint"]) == 16 and provenance["commit"]
+    assert provenance["cpu"] and provenance["threads"] >= 1
+    assert record["settings"]["seed"] == 1
+
+
+def test_a_run_with_a_record_is_skipped_and_collected_without_its_directory(
+        tmp_path, records, monkeypatch):
+    """A later sitting, on another machine: the records came with the repository, the run
+    directories did not."""
+    e = experiment(tmp_path / "sweep")
+    for run in e.runs:
+        finished_run(run.dir, [0.4] * 10, [30.0] * 10, run.argv[:-2])
+    before = runner.read_finished(e.runs)
+    for run in e.runs:
+        for f in run.dir.iterdir():
+            f.unlink()
+        run.dir.rmdir()
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a recorded run ran again")
+
+    monkeypatch.setattr(nanorgra, "train", must_not_run)
+    assert [runner.run_one(run.argv + ["--threads", "1"]) for run in e.runs] == ["done", "done"]
+    assert runner.read_finished(e.runs) == before
+
+
+def test_a_record_of_other_settings_is_refused_naming_what_differs(tmp_path, records):
+    e = experiment(tmp_path / "sweep")
+    finished_run(e.runs[0].dir, [0.4] * 10, [30.0] * 10, ["--lr", "1e-3", "--seed", "0"])
+    runner.write_record(e.runs[0].dir, runner.record_path(e.runs[0].dir), seconds=1.0)
+    with pytest.raises(SystemExit, match=r"other settings \(lr\)"):
+        runner.run_one(e.runs[0].argv)
+
+
+def test_collecting_refuses_to_pool_runs_on_two_bases_and_names_the_runs_to_redo(
+        tmp_path, records):
+    runs = [runner.seeded_run(f"rgra-seed{s}", ["--preset", "rgra"], s, tmp_path / "map")
+            for s in range(3)]
+    for run, weight in zip(runs, (0.0, 0.0, 1.0)):  # the third ran on another machine's base
+        finished_run(run.dir, [0.4] * 10, [30.0] * 10, run.argv[:-2], base_weight=weight)
+    with pytest.raises(SystemExit, match=r"another base than the others of their base seed: "
+                                         r"rgra-seed2;"):
+        runner.read_finished(runs)
+
+
+def test_runs_of_two_base_seeds_may_have_two_bases(tmp_path, records):
+    runs = [runner.seeded_run(f"s{b}-seed0", ["--base-seed", str(b)], 0, tmp_path / "c")
+            for b in (0, 1)]
+    for run, weight in zip(runs, (0.0, 1.0)):
+        finished_run(run.dir, [0.4] * 10, [30.0] * 10, run.argv[:-2], base_weight=weight)
+    assert list(runner.read_finished(runs)) == ["s0-seed0", "s1-seed0"]
 
 
 def test_a_collapsed_run_is_measured_as_collapsed_by_the_rule(tmp_path):

@@ -47,10 +47,9 @@ def setup_device(args):
     CUDA, gloo on CPU."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.deterministic:
-        # cuBLAS reads this before its first matrix product: a fixed workspace, so that its sums
-        # run in one order; torch then refuses any op that has no deterministic kernel
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    problem = prepare_deterministic(args)  # flags.parse_args ran it already, before any CUDA
+    if problem:
+        raise SystemExit(problem)
     torch.use_deterministic_algorithms(args.deterministic)
     device = pick_device(args.device)
     if "RANK" not in os.environ:  # started without torchrun: one process
@@ -61,6 +60,46 @@ def setup_device(args):
     if not is_distributed():  # joined once, although train() may run twice in one process
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return device
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # what --device allows; auto: cuda, else mps, else cpu
+# the two cuBLAS workspaces under which its sums run in one order (PyTorch's reproducibility notes)
+CUBLAS_WORKSPACES = (":4096:8", ":16:8")
+
+
+def absent_device(name):
+    """Why --device name cannot run here (a sentence naming it and what to do), or None: the one
+    check of nanorgra.py, warmstart.py and sample.py, made before any work."""
+    if name not in DEVICES:
+        return f"--device {name}: not a device this code knows; pass one of {', '.join(DEVICES)}"
+    if name == "cuda" and not torch.cuda.is_available():
+        return (f"--device cuda: torch {torch.__version__} finds no CUDA device (a CPU build of "
+                f"torch, or no GPU here); pass --device cpu, or install a CUDA build of torch")
+    if name == "mps" and not torch.backends.mps.is_available():
+        return "--device mps: torch finds no Apple GPU (MPS) here; pass --device cpu"
+    return None
+
+
+def prepare_deterministic(args):
+    """--deterministic made to hold on CUDA: CUBLAS_WORKSPACE_CONFIG set to :4096:8 (unless a
+    deterministic workspace is set already) before CUDA starts, for cuBLAS reads it once, when it
+    starts. Returns None, or the problem when it cannot hold: CUDA already started in this process
+    without the variable, or another workspace set. Called right after the command line is read
+    (flags.parse_args), before any device work, and again by setup_device; without
+    --deterministic it does nothing."""
+    if not args.deterministic:
+        return None
+    value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if on_cuda and value is not None and value not in CUBLAS_WORKSPACES:
+        return (f"--deterministic: CUBLAS_WORKSPACE_CONFIG is {value!r}, under which cuBLAS may "
+                f"sum in another order each run; unset it, or set it to :4096:8 or :16:8")
+    if on_cuda and value is None and torch.cuda.is_initialized():
+        return ("--deterministic: CUDA started in this process before CUBLAS_WORKSPACE_CONFIG "
+                "was set, and cuBLAS reads it only when it starts; run in a fresh process, or set "
+                "CUBLAS_WORKSPACE_CONFIG=:4096:8 before anything uses CUDA")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # harmless on the CPU
+    return None
 
 
 def pick_device(name="auto"):

@@ -17,7 +17,7 @@ import torch
 
 from data.tasks import OOD_LEVEL, RL_LEVEL, TEST_SET_SIZE, load_test_set, prompt_text, \
     worked_solution
-from distributed import processes_started
+from distributed import DEVICES, absent_device, prepare_deterministic, processes_started
 from model import PRECISIONS, GPTConfig
 
 
@@ -149,7 +149,7 @@ def build_parser(presets):
     a.add_argument("--compile", action="store_true",
                    help="the sampler's decode step through torch.compile (the same samples; "
                         "the first steps wait for the compiler)")
-    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    a.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: cuda, mps, cpu")
     add_base_flags(a)
     for group, flags in RUN_FLAGS.items():
@@ -175,7 +175,7 @@ def parse_warm_start_args(argv=None):
     """The command line of warmstart.py: the warm start's own flags, and where it runs."""
     p = argparse.ArgumentParser(description="The warm start: the supervised base before RL.")
     a = p.add_argument_group("warm start")
-    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    a.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: cuda, mps, cpu")
     a.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="(fp32)")
     add_base_flags(a)
@@ -183,6 +183,8 @@ def parse_warm_start_args(argv=None):
         a.add_argument(flag.name, type=type(flag.default), default=flag.default,
                        help=f"{flag.help} ({flag.default})")
     args = p.parse_args(argv)
+    if absent_device(args.device):
+        p.error(absent_device(args.device))
     for flag in RUN_FLAGS["warm start"]:
         problem = check_run_flag(flag, getattr(args, flag.name[2:].replace("-", "_")))
         if problem:
@@ -248,11 +250,9 @@ def length_problem(args):
 
 def device_problem(args):
     """A device that is not there, or bf16 where it would be emulated."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return (f"--device cuda: torch {torch.__version__} finds no CUDA device (a CPU build of "
-                f"torch, or no GPU here); pass --device cpu, or install a CUDA build of torch")
-    if args.device == "mps" and not torch.backends.mps.is_available():
-        return "--device mps: torch finds no Apple GPU (MPS) here; pass --device cpu"
+    absent = absent_device(args.device)
+    if absent:
+        return absent
     uses_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     native_bf16 = uses_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
     if args.precision == "bf16" and uses_cuda and not native_bf16:
@@ -270,6 +270,9 @@ def parse_args(loss_config, presets, argv=None):
     and a message naming its flag and what it allows."""
     parser = build_parser(presets)
     args = parser.parse_args(argv)
+    problem = prepare_deterministic(args)  # first: the checks below may start CUDA
+    if problem:
+        parser.error(problem)
     switches = [f.name for f in fields(presets["rgra"])]
     given = {name: getattr(args, name) for name in switches if getattr(args, name) is not None}
     for name in switches:

@@ -25,7 +25,7 @@ import evaluation
 from bases import load_base
 from data.tasks import Problem, evaluate, parse_expression, prompt_text
 from data.tokenizer import check_text, get_tokenizer
-from distributed import pick_device
+from distributed import DEVICES, absent_device, pick_device
 from model import GPT, GPTConfig
 from rundir import load_checkpoint, written_line
 
@@ -75,13 +75,16 @@ def build_parser():
                    help="0 = greedy (the default); 1 = as RL samples")
     p.add_argument("--max-new-tokens", type=int, default=72, help="completion budget (72)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (0)")
-    p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto = cuda, then mps, then cpu")
     return p
 
 
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    if absent_device(args.device):  # before the run directory is looked for
+        p.error(absent_device(args.device))
     try:
         problems = [problem_of(expr) for expr in args.exprs]
     except ValueError as e:

@@ -34,6 +34,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here: the GPU path is tested only where "
                                        "one is")
 
+# cuBLAS's workspace fixed before any test here starts CUDA (cuBLAS reads it only then): without it
+# the deterministic run below, made after CUDA started, would be refused
+# (distributed.prepare_deterministic)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 CUDA = torch.device("cuda")
 LOGP_TOL, TIE_TOL = 1e-4, 1e-4
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--skill-steps", "300",

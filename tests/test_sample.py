@@ -3,9 +3,14 @@ verifier; expressions it cannot read are refused with the reason. The summary of
 same function's output before and after RL."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+import distributed
 import nanorgra
 import sample
 
@@ -56,6 +61,41 @@ def test_an_expression_it_cannot_read_is_refused_with_the_reason(run_dir, capsys
 def test_a_directory_without_a_run_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="no config.json"):
         sample.main(["1+1", "--run", str(tmp_path)])
+
+
+ABSENT = {"cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
+
+
+@pytest.mark.parametrize("device", [d for d, absent in ABSENT.items() if absent])
+def test_a_device_that_is_not_here_is_refused_before_the_run_is_looked_for(tmp_path, capsys,
+                                                                           device):
+    """The one check of nanorgra.py and sample.py (distributed.absent_device): exit 2, the same
+    sentence, and no run directory read (tmp_path holds none)."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(["2+3", "--device", device, "--run", str(tmp_path / "none")])
+    assert e.value.code == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.endswith(distributed.absent_device(device)) and f"--device {device}:" in said
+    with pytest.raises(SystemExit) as e:
+        nanorgra.parse_args(["--device", device])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(said.split("error: ")[1])
+
+
+def test_an_unknown_device_is_refused_with_the_ones_allowed(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["2+3", "--device", "tpu", "--run", str(tmp_path)])
+    assert e.value.code == 2
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+    assert "pass one of auto, cpu, cuda, mps" in distributed.absent_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
+def test_the_command_line_without_cuda_says_so_without_a_traceback():
+    done = subprocess.run([sys.executable, "sample.py", "2+3", "--device", "cuda"],
+                          cwd=Path(sample.__file__).parent, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "finds no CUDA device" in done.stderr and "pass --device cpu" in done.stderr
 
 
 def test_the_summary_shows_the_first_test_problems_written_before_and_after(run_dir):

@@ -477,10 +477,10 @@ def learn(policy, opt, experience, cfg, gen):
                             for micro in micro_batches])
             sum_gradients_over_ranks(policy)  # torchrun: every process gets the summed gradient
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or math.inf)
-            if not torch.isfinite(norm):  # a non-finite loss gives it too, and on every rank
-                raise FloatingPointError(f"non-finite gradient norm ({norm.item()})")
+            norms.append(norm.item())  # the update's one read of a value (a host sync on a GPU)
+            if not math.isfinite(norms[-1]):  # a non-finite loss gives it too, and on every rank
+                raise FloatingPointError(f"non-finite gradient norm ({norms[-1]})")
             opt.step()
-            norms.append(norm.item())
     every = [stats for update in updates for stats in update]
     return Learned(combine(every), [combine(update) for update in updates], norms)
 

@@ -9,6 +9,7 @@ before anything is written.
 """
 
 import argparse
+import importlib.util
 import math
 from dataclasses import field, fields
 from typing import NamedTuple
@@ -151,6 +152,10 @@ def build_parser(presets):
                         "the first steps wait for the compiler)")
     a.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: cuda, mps, cpu")
+    a.add_argument("--report-to", default="none", choices=REPORTERS,
+                   help="also stream each step's metrics, the evaluations and the settings to "
+                        "TensorBoard (<run dir>/tensorboard) or Weights & Biases (offline unless "
+                        "WANDB_MODE is set); their packages are optional (none)")
     add_base_flags(a)
     for group, flags in RUN_FLAGS.items():
         a = p.add_argument_group(group) if group != "run" else a
@@ -231,7 +236,19 @@ def run_problems(args):
     if args.prompts % processes_started():
         return (f"--prompts ({args.prompts}) must be a multiple of the number of processes "
                 f"({processes_started()})")
-    return length_problem(args) or device_problem(args)
+    return length_problem(args) or device_problem(args) or reporter_problem(args.report_to)
+
+
+# --report-to (rundir.py streams the numbers): optional packages, not in requirements.txt
+REPORTERS = ("none", "tensorboard", "wandb")
+
+
+def reporter_problem(report_to):
+    """Why --report-to report_to cannot work here (its package is absent), or None."""
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        return (f"--report-to {report_to}: the {report_to} package is not installed; run "
+                f"`pip install {report_to}` (it is optional, not in requirements.txt)")
+    return None
 
 
 def length_problem(args):

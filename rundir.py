@@ -8,6 +8,7 @@ A run directory (runs/<preset>-seed<seed>/ by default) holds:
     eval.jsonl      the evaluations: the base (step -1), during the run, and at the end
     ckpt.pt         the policy and the optimizer after the last saved step
     summary.json    base -> trained, written at the end, and run.png, its plot
+    tensorboard/    with --report-to tensorboard: the same numbers as TensorBoard events
 
 Rules: a used directory is refused unless --resume (go on from ckpt.pt; the rows after it are
 dropped and redone) or --overwrite (start again); every file is written whole or not at all (a
@@ -15,8 +16,9 @@ temporary file, then a rename); a damaged checkpoint or cache is named in a one-
 says what to do; the first Ctrl-C finishes the step, saves and stops. Under torchrun only rank 0
 writes; every rank reads.
 
-Also here: the cache of the base's evaluation, and what a user sees (the progress bar, the summary
-table, the plot).
+Also here: the cache of the base's evaluation, what a user sees (the progress bar, the summary
+table, the plot), and --report-to: each step's metrics row, the evaluations and the settings
+streamed to TensorBoard or Weights & Biases, optional packages that a run without it never imports.
 """
 
 import contextlib
@@ -24,6 +26,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import tempfile
 from dataclasses import asdict, is_dataclass
@@ -160,10 +163,10 @@ RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "ckpt.pt", "summary.j
 
 
 def run_settings(args):
-    """The run's settings as config.json holds them: JSON values, without --resume
-    and --overwrite."""
+    """The run's settings as config.json holds them: JSON values, without what does not change the
+    run (--resume, --overwrite, --retrain-base, --report-to)."""
     settings = {k: asdict(v) if is_dataclass(v) else v for k, v in vars(args).items()
-                if k not in ("resume", "overwrite", "retrain_base")}
+                if k not in ("resume", "overwrite", "retrain_base", "report_to")}
     return json.loads(json.dumps(settings))
 
 
@@ -195,6 +198,7 @@ class RunDir:
         self.writes = rank() == 0
         self.log = log if self.writes else (lambda *a, **k: None)
         self.step, self.saved = None, None  # the step in progress, the last one saved
+        self.reporter = Reporter()  # --report-to's, made by start(); this one reports nothing
         now = run_settings(args)
         held = [name for name in RUN_FILES if (self.dir / name).exists()]
         if args.resume and not (self.dir / "ckpt.pt").exists():
@@ -227,14 +231,32 @@ class RunDir:
                 for name in ("metrics.jsonl", "eval.jsonl"):
                     truncate_jsonl(self.dir / name, self.saved)
             self.log(f"resumed {self.dir} after step {self.saved}")
+            self.start_reporting()  # after the rows it redoes are dropped
             return self.saved + 1
         if self.writes:
             self.dir.mkdir(parents=True, exist_ok=True)
             for name in RUN_FILES:
                 (self.dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.dir / TENSORBOARD_DIR, ignore_errors=True)  # the replaced run's
             write_atomic(self.dir / "config.json", json.dumps(run_settings(self.args), indent=1))
         self.saved = -1
+        self.start_reporting()
         return 0
+
+    def start_reporting(self):
+        """The reporter of --report-to, on rank 0 (the others report nothing). It starts anew and
+        is given the rows a resumed run keeps first: what it shows is always what the files hold,
+        each step once."""
+        report_to = getattr(self.args, "report_to", "none")  # a Namespace made by hand has none
+        if not self.writes or report_to == "none":
+            return
+        self.reporter = make_reporter(report_to, self.dir, run_settings(self.args), self.log)
+        kept = [(row["step"] + 1, 0, numbers_of(row)) for row in
+                read_jsonl(self.dir / "metrics.jsonl")]
+        kept += [(ev.pop("step") + 1, 1, numbers_of(ev, "eval/")) for ev in
+                 read_jsonl(self.dir / "eval.jsonl")]
+        for x, _, numbers in sorted(kept, key=lambda kept_row: kept_row[:2]):  # a step's row first
+            self.reporter.report(numbers, x)
 
     def steps(self, first_step):
         """The RL steps from first_step on, with a progress bar."""
@@ -247,6 +269,7 @@ class RunDir:
     def log_step(self, row):
         if self.writes:
             append_jsonl(self.dir / "metrics.jsonl", row)
+        self.reporter.report(numbers_of(row), row["step"] + 1)
         self.bar.set_postfix(reward=f"{row['reward']:.2f}", len=f"{row['resp_len']:.0f}")
 
     def log_eval(self, step, ev):
@@ -255,6 +278,7 @@ class RunDir:
         if self.writes:
             truncate_jsonl(self.dir / "eval.jsonl", step - 1)
             append_jsonl(self.dir / "eval.jsonl", dict(step=step, **ev))
+        self.reporter.report(numbers_of(ev, "eval/"), step + 1)
         accuracies = ", ".join(f"{level} acc {v['acc']:.3f}" for level, v in ev.items())
         self.log(f"eval @ step {step}: {accuracies}")
 
@@ -300,6 +324,7 @@ class RunDir:
                            solutions=list(solutions))
             write_atomic(self.dir / "summary.json", json.dumps(summary, indent=1))
             plot_run(self.dir, rows, evals)
+        self.reporter.close()
         barrier()
         return json.loads((self.dir / "summary.json").read_text())
 
@@ -315,6 +340,92 @@ def mean_of_last(rows, key, n=5):
     if rows[-1][key] is None:
         return None
     return float(np.mean([row[key] for row in rows[-n:]]))
+
+
+# -----------------------------------------------------------------------------
+# Experiment tracking, --report-to: the metrics rows and the evaluations as TensorBoard or Weights &
+# Biases (W&B) see them (TRL's report_to). Their packages are optional: not in requirements.txt,
+# imported only by a run that asks; a run that asks without one is refused at start-up (flags.py).
+# The x axis is the number of RL steps done, as in run.png: a step's row at step + 1, the base's
+# evaluation at 0.
+
+TENSORBOARD_DIR = "tensorboard"  # in the run directory: tensorboard --logdir runs
+
+
+def numbers_of(row, prefix=""):
+    """The numbers of a metrics row or an evaluation, {tag: value}: nested dicts flattened as
+    "styles/careful", the step (the x axis), lists (per_update: summed up in the row already),
+    text and None left out."""
+    numbers = {}
+    for key, value in row.items():
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            numbers.update(numbers_of(value, f"{tag}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and tag != "step":
+            numbers[tag] = value
+    return numbers
+
+
+class Reporter:
+    """--report-to none: reports nothing. The others have the same three methods."""
+
+    def report(self, numbers, step):
+        pass
+
+    def close(self):
+        pass
+
+
+class TensorBoardReporter(Reporter):
+    """Events under log_dir (<run dir>/tensorboard), made anew: each number a scalar stored as a
+    float64 (the value of the JSON file, not rounded to float32), the settings as text."""
+
+    def __init__(self, log_dir, settings):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        shutil.rmtree(log_dir, ignore_errors=True)  # a resumed run's events are written again
+        self.writer = SummaryWriter(log_dir)
+        self.writer.add_text("config", "```\n" + json.dumps(settings, indent=1) + "\n```")
+
+    def report(self, numbers, step):
+        for tag, value in numbers.items():
+            self.writer.add_scalar(tag, value, step, new_style=True, double_precision=True)
+        self.writer.flush()  # a TensorBoard open beside the run sees each step at once
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbReporter(Reporter):
+    """A W&B run named after the run directory, its files under <run dir>/wandb, the settings as
+    its config; offline (`wandb sync` uploads it later) unless WANDB_MODE says otherwise. A resumed
+    run is a new W&B run (given the kept rows first)."""
+
+    def __init__(self, run_dir, settings, log):
+        import wandb
+
+        mode = None if "WANDB_MODE" in os.environ else "offline"  # None: wandb reads WANDB_MODE
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "nanorgra"),
+                              name=run_dir.name, dir=str(run_dir), config=settings, mode=mode)
+        if mode == "offline":
+            log(f"W&B offline, under {run_dir / 'wandb'} (set WANDB_MODE=online to upload as it "
+                f"runs, or upload later with `wandb sync`)")
+
+    def report(self, numbers, step):
+        self.run.log(numbers, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+def make_reporter(report_to, run_dir, settings, log=print):
+    """The Reporter of --report-to report_to for the run in run_dir (flags.reporter_problem has
+    checked that its package is there)."""
+    if report_to == "tensorboard":
+        return TensorBoardReporter(Path(run_dir) / TENSORBOARD_DIR, settings)
+    if report_to == "wandb":
+        return WandbReporter(Path(run_dir), settings, log)
+    return Reporter()
 
 
 # -----------------------------------------------------------------------------

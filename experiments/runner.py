@@ -20,7 +20,8 @@ Every finished run also leaves a record in the repository, data/records/<experim
 evaluations) and where it came from: the fingerprint of its base's weights, the commit of the code
 that ran it, the CPU, the threads and its seconds. Commit the records as they come: a later sitting,
 on another machine, skips every run that has one and collects from them, and collecting refuses to
-pool runs whose bases' fingerprints differ, naming the runs to redo.
+pool runs whose bases' fingerprints differ, naming the runs to redo. study.py records its units the
+same way (record_path, where_and_when, check_same_settings, off_the_common_base).
 """
 
 import argparse
@@ -117,8 +118,15 @@ WHERE = ("out_dir", "base_dir", "threads", "device", "resume", "overwrite")
 
 def check_settings(settings, args, where):
     """SystemExit unless settings (a config.json's) are those of args, but for WHERE."""
-    ours = {k: v for k, v in run_settings(args).items() if k not in WHERE}
-    theirs = {k: v for k, v in settings.items() if k not in WHERE}
+    check_same_settings(run_settings(args), settings, where)
+
+
+def check_same_settings(ours, theirs, where):
+    """SystemExit unless the settings ours and theirs (JSON values) are the same, but for WHERE,
+    naming where the finished work is (a run's directory, a record) and the settings that
+    differ."""
+    ours = {k: v for k, v in ours.items() if k not in WHERE}
+    theirs = {k: v for k, v in theirs.items() if k not in WHERE}
     if ours != theirs:
         differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise SystemExit(f"{where} holds a finished run with other settings ({', '.join(differ)}); "
@@ -157,10 +165,16 @@ def write_record(run_dir, record, seconds):
     base_path = Path(files["summary"]["base_path"])
     provenance = dict(base_fingerprint=bases.weights_fingerprint(base_path),
                       base_file=base_path.name, base_seed=settings["base_seed"],
-                      commit=code_commit(), cpu=cpu_name(), threads=torch.get_num_threads(),
-                      torch=torch.__version__, seconds=seconds and round(seconds, 1))
+                      **where_and_when(seconds))
     record.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(record, json.dumps(dict(provenance=provenance, settings=settings, **files)))
+
+
+def where_and_when(seconds):
+    """What a record says of where its work ran, beside its bases: the code's commit, the CPU,
+    torch's threads and version, and the seconds it took (None where unknown)."""
+    return dict(commit=code_commit(), cpu=cpu_name(), threads=torch.get_num_threads(),
+                torch=torch.__version__, seconds=seconds and round(seconds, 1))
 
 
 def claim_a_gpu(gpus):
@@ -328,16 +342,28 @@ def check_one_base_per_seed(records):
     fingerprint): a base trained on another machine differs in its last digits, and pooling its
     runs with the others' would mix two experiments. Names the runs to redo: those off the
     fingerprint most runs of their seed share."""
-    redo = []
-    for seed in sorted({r["provenance"]["base_seed"] for r in records.values()}):
-        mine = {n: r["provenance"]["base_fingerprint"] for n, r in records.items()
-                if r["provenance"]["base_seed"] == seed}
-        common, _ = Counter(mine.values()).most_common(1)[0]
-        redo += [n for n, fingerprint in mine.items() if fingerprint != common]
+    fingerprints = {n: {r["provenance"]["base_seed"]: r["provenance"]["base_fingerprint"]}
+                    for n, r in records.items()}
+    redo = off_the_common_base(fingerprints)
     if redo:
         named = ", ".join(sorted(redo))
         raise SystemExit(f"runs on another base than the others of their base seed: {named}; "
                          f"delete their records and run them again on the shipped base")
+
+
+def off_the_common_base(fingerprints):
+    """{unit: [the roles it is off in]} of the units whose base differs from the one most units of
+    the same role used, in the units' order (a tie goes to the fingerprint met first).
+    fingerprints: {unit: {role: the fingerprint of the base it used in that role}}, a role being
+    e.g. a base seed, or a model of a study."""
+    off = {}
+    for role in sorted({role for used in fingerprints.values() for role in used}, key=str):
+        mine = {n: used[role] for n, used in fingerprints.items() if role in used}
+        common, _ = Counter(mine.values()).most_common(1)[0]
+        for n, fingerprint in mine.items():
+            if fingerprint != common:
+                off.setdefault(n, []).append(role)
+    return {n: off[n] for n in fingerprints if n in off}
 
 
 def mean_of_last_steps(metrics, key, n=5):

@@ -48,10 +48,29 @@ The step checker sorts every answer-correct sample (verifier.reasoning_kind): so
 shown (a bare answer). FPR = wrong / (sound + wrong); the share of bare answers stands beside it.
 
 A study directory holds one set of settings: the same command resumes it (samples and fine-tunes
-are cached).
+are cached there). Every finished unit of the study also leaves a record in the repository,
+data/records/<study dir name>/<unit>.json (runner.records_dir: NANORGRA_RECORDS moves the folder):
+each model's evaluation before fine-tuning (base-<world>-<model>), each model's samples in full
+(samples-<world>-<se|wc>: the data of the fine-tunes still to come) and each fine-tune's result
+(<world>-<filter>-<setup>-<data set>-seed<n>), with its settings and where it came from: the
+fingerprint of the weights of every base it used (bases.weights_fingerprint of the model it
+fine-tuned or evaluated and of the models that sampled its data, by role: "habits wc", ...), the
+code's commit, the CPU, the threads and its seconds. Commit the records as they come: a later
+sitting, in a fresh clone without the study directory, perhaps on another machine, reads every
+recorded unit back and does only the rest. It warm-starts a model only when a unit not recorded
+yet needs it (so a sitting with every unit recorded writes the report without training anything),
+and then refuses to go on if that model's weights are not those the records used, naming the
+units to redo; the report likewise refuses records whose fingerprints differ for one role. Only
+the habits world's SE is shipped (bases/): the WC, the student and the skills world's models are
+warm-started on each machine, and another kind of CPU trains them to other weights from the same
+code (pitfall 11), so a sitting on another CPU can continue only the units whose models it finds
+the same (in practice none beyond the habits SE's); the samples are recorded in full rather than
+drawn again for the same reason (another CPU's arithmetic could draw other tokens from the same
+weights), so that no sitting ever fine-tunes on data other than the recorded units'.
 """
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -72,10 +91,12 @@ import warmstart
 from data.tasks import OOD_LEVEL, RL_LEVEL, prompt_text, sample_problems, test_exprs, \
     worked_solution
 from data.tokenizer import get_tokenizer
+from bases import weights_fingerprint
 from distributed import setup_device
+from experiments import runner
 from experiments.stats import holm, interval_text, mean_ci95, mean_text, p_text, welch
-from model import GPT, GPTConfig
-from rundir import cached_json, save_figure, write_atomic
+from model import GPT
+from rundir import cached_json, run_settings, save_figure, write_atomic
 from verifier import false_positive_rate, no_reasoning_share, outcome_reward, reasoning_kind, \
     reasoning_counts
 
@@ -85,6 +106,7 @@ SETUPS = {"distillation": "student", "self_improvement": "wc", "weak_to_strong":
 SOURCES = ("se", "wc_compute", "wc_number", "wc_sized")
 WORLDS = ("habits", "skills")  # the warm starts: both stages, or the skills stage only
 FILTERS = ("answer-correct", "sound")  # what of the samples is kept for fine-tuning
+MODELS = ("se", "wc", "student")  # the study's models: strong-expensive, weak-cheap, the student
 STREAMS = dict(problems=5, se=6, wc=7, order=8, subset=9)  # seed streams, apart from the RL run's
 
 
@@ -363,6 +385,130 @@ def plot_study(curves, rows, path):
 
 
 # -----------------------------------------------------------------------------
+# The units of the study and their records
+
+
+def role(world, model):
+    """The name of a model's role in the study, as its units' records name it: "habits wc"."""
+    return f"{world} {model}"
+
+
+def finetune_name(job):
+    """A fine-tune's unit: "habits-sound-distillation-wc_sized-seed0"."""
+    world, data_filter, setup, source, seed = job
+    return f"{world}-{data_filter}-{setup}-{source}-seed{seed}"
+
+
+def samplers(source, sets):
+    """The models whose samples make the data set source (wc_sized is cut to se's size)."""
+    return [sets[source][0]] + (["se"] if source == "wc_sized" else [])
+
+
+def unit_names(jobs):
+    """Every unit of the study: each model's evaluation before fine-tuning, each sampler's samples
+    and each fine-tune."""
+    return ([f"base-{w}-{m}" for w in WORLDS for m in MODELS]
+            + [f"samples-{w}-{m}" for w in WORLDS for m in ("se", "wc")]
+            + [finetune_name(job) for job in jobs])
+
+
+def record_settings(study, args):
+    """The settings a unit's record holds (JSON values): the study's and nanorgra's, but for where
+    it ran (runner.WHERE, the study directory) and --quick (its settings are there already)."""
+    mine = {f"study_{k}": v for k, v in vars(study).items() if k not in ("study_dir", "quick")}
+    return json.loads(json.dumps({**run_settings(args), **mine}))
+
+
+def check_one_base_per_role(records):
+    """SystemExit unless the recorded units used one base per role (the same weights' fingerprint
+    for, say, the habits world's WC): a WC warm-started on another kind of CPU differs in its last
+    digits, and pooling its units with the others' would mix two studies. Names the units to redo:
+    those off the fingerprint most units of the role used (runner.off_the_common_base)."""
+    off = runner.off_the_common_base({n: r["provenance"]["bases"] for n, r in records.items()})
+    if off:
+        named = "; ".join(f"{n} ({', '.join(roles)}, on {records[n]['provenance']['cpu']})"
+                          for n, roles in sorted(off.items()))
+        raise SystemExit(f"units of the study on another base than the other units of the same "
+                         f"role: {named}; delete their records and run them again on the others' "
+                         f"bases (a machine of the others' kind of CPU)")
+
+
+class Sitting:
+    """One sitting of the study: the units recorded (in any sitting, on any machine), read back,
+    and this machine's models, each warm-started when a unit not recorded yet first needs it."""
+
+    def __init__(self, study, args, tok, device, names):
+        self.study, self.args, self.tok, self.device = study, args, tok, device
+        self.settings = record_settings(study, args)
+        self.models, self.fingerprints, self.records = {}, {}, {}
+        for name in names:
+            path = self.record_path(name)
+            if path.exists():
+                self.records[name] = json.loads(path.read_text())
+                runner.check_same_settings(self.settings, self.records[name]["settings"], path)
+        check_one_base_per_role(self.records)  # refused before any work, not at the end
+
+    def record_path(self, unit):
+        return runner.record_path(self.study.study_dir / unit)
+
+    def recorded(self, used):
+        """The fingerprint the records hold for the base of the role used (they agree), or
+        None."""
+        return next((r["provenance"]["bases"][used] for r in self.records.values()
+                     if used in r["provenance"]["bases"]), None)
+
+    def model(self, world, name):
+        """The model name of world and the path of its weights, warm-started on first use (loaded
+        where cached or shipped); SystemExit, naming the units to redo, if its weights are not
+        those the records used."""
+        used = role(world, name)
+        if used not in self.models:
+            a = model_args(self.args, self.study, world)[name]
+            self.models[used] = warmstart.warm_start(a, self.tok, self.device, log=print)
+            self.fingerprints[used] = here = weights_fingerprint(self.models[used][1])
+            recorded = self.recorded(used)
+            if recorded not in (None, here):
+                units = sorted(n for n, r in self.records.items()
+                               if r["provenance"]["bases"].get(used) == recorded)
+                cpus = sorted({self.records[n]["provenance"]["cpu"] for n in units})
+                raise SystemExit(
+                    f"this machine's {used} base ({self.models[used][1]}, fingerprint {here}) "
+                    f"is not the one the study's records used ({recorded}, on "
+                    f"{', '.join(cpus)}): another kind of CPU trains other weights from the same "
+                    f"code. Continue on a machine of that kind, or delete the records of these "
+                    f"{len(units)} units to redo them here: {', '.join(units)}")
+        return self.models[used]
+
+    def base_evaluation(self, world, name):
+        """evaluation.base_evaluation of the model name of world."""
+        model, path = self.model(world, name)
+        a = model_args(self.args, self.study, world)[name]
+        return evaluation.base_evaluation(model, self.tok, a, path)
+
+    def fingerprint(self, used):
+        """The fingerprint of the base of the role used: this machine's where it is warm-started,
+        else the records' (it is warm-started if they have none)."""
+        if used not in self.fingerprints and self.recorded(used) is None:
+            self.model(*used.split())
+        return self.fingerprints.get(used) or self.recorded(used)
+
+    def unit(self, name, roles, make, cache=None):
+        """The value of the unit name: its record's (made in any sitting, on any machine), else the
+        study directory's cache (this machine's; cache None: none), else make()'s. A unit not
+        recorded yet is recorded, with the fingerprints of the bases of roles."""
+        if name in self.records:
+            return self.records[name]["value"]
+        made, t0 = cache is None or not Path(cache).exists(), time.time()
+        value = cached_json(cache, make) if cache else json.loads(json.dumps(make()))
+        provenance = dict(bases={used: self.fingerprint(used) for used in dict.fromkeys(roles)},
+                          **runner.where_and_when(time.time() - t0 if made else None))
+        self.records[name] = dict(unit=name, provenance=provenance, settings=self.settings,
+                                  value=value)
+        write_atomic(self.record_path(name), json.dumps(self.records[name]))
+        return value
+
+
+# -----------------------------------------------------------------------------
 # The command
 
 
@@ -413,10 +559,7 @@ def parse(argv):
     if args.student_base_seed == args.base_seed:
         p.error(f"--student-base-seed must differ from --base-seed ({args.base_seed}): with the "
                 f"same seed the student would be the WC model, which sampled the data")
-    vocab = get_tokenizer().vocab_size
-    sizes = {name: GPT(GPTConfig(vocab_size=vocab, n_layer=a.n_layer, n_head=a.n_head,
-                                 n_embd=a.n_embd)).num_params()
-             for name, a in model_args(args, study).items()}
+    sizes = model_sizes(args, study)
     if sizes["wc"] >= sizes["se"]:
         p.error(f"--wc-n-layer/--wc-n-head/--wc-n-embd give {sizes['wc']:,} parameters, not "
                 f"fewer than the SE's {sizes['se']:,} (--n-layer/--n-head/--n-embd): the WC model "
@@ -424,6 +567,13 @@ def parse(argv):
     default_dir = "runs/study-quick" if study.quick else "runs/study"
     study.study_dir = Path(study.study_dir or default_dir)
     return study, args
+
+
+def model_sizes(args, study):
+    """{se, wc, student: parameters}, from the models' settings (no model is warm-started)."""
+    tok = get_tokenizer()
+    return {name: GPT(warmstart.model_config(a, tok)).num_params()
+            for name, a in model_args(args, study).items()}
 
 
 def check_study_dir(out, study, args):
@@ -443,16 +593,20 @@ def main(argv=None):
     t0, out, tok = time.time(), study.study_dir, get_tokenizer()
     device = setup_device(args)
     check_study_dir(out, study, args)
-    models, bases, params = {}, {}, {}
-    for world in WORLDS:
-        models[world], bases[world] = {}, {}
-        for name, a in model_args(args, study, world).items():
-            models[world][name], path = warmstart.warm_start(a, tok, device, log=print)
-            bases[world][name] = evaluation.base_evaluation(models[world][name], tok, a, path)
-            params[name] = models[world][name].num_params()
-    ratio, t_models = params["se"] / params["wc"], time.time() - t0
-    s_se = study.s_se
+    params = model_sizes(args, study)
+    ratio, s_se = params["se"] / params["wc"], study.s_se
     s_wc = compute_matched_samples(params["se"], params["wc"], s_se)
+    # data set -> (the model that sampled it, samples per problem)
+    sets = dict(se=("se", s_se), wc_compute=("wc", s_wc), wc_number=("wc", s_se),
+                wc_sized=("wc", s_wc))
+    jobs = [(w, f, setup, source, seed) for w in WORLDS for f in FILTERS for setup in SETUPS
+            for source in sets for seed in range(study.seeds)]
+    sitting = Sitting(study, args, tok, device, unit_names(jobs))
+
+    bases = {world: {name: sitting.unit(f"base-{world}-{name}", [role(world, name)],
+                                        functools.partial(sitting.base_evaluation, world, name))
+                     for name in MODELS} for world in WORLDS}
+    t_models = time.time() - t0
     problems = study_problems(args, study)
     planned_tokens = float(np.mean([len(worked_solution(p.expr)) + 1 for p in problems]))  # + EOS
     print(f"params: SE {params['se']:,}, WC {params['wc']:,}; P_SE/P_WC = {ratio:.2f}; "
@@ -463,37 +617,35 @@ def main(argv=None):
         samples[world] = {}
         for name, s in (("se", s_se), ("wc", s_wc)):
             seed = int(np.random.default_rng([study.sample_seed, STREAMS[name]]).integers(2**40))
-            model = models[world][name]
 
-            def draw(model=model, s=s, seed=seed):
+            def draw(world=world, name=name, s=s, seed=seed):
+                model = sitting.model(world, name)[0]
                 return sample_solutions(model, tok, problems, s, args.max_new_tokens, seed)
 
-            samples[world][name] = cached_json(out / f"samples-{world}-{name}.json", draw)
+            samples[world][name] = sitting.unit(f"samples-{world}-{name}", [role(world, name)],
+                                                draw, out / f"samples-{world}-{name}.json")
     t_sampling = time.time() - t0 - t_models
 
-    # data set -> (the model that sampled it, samples per problem)
-    sets = dict(se=("se", s_se), wc_compute=("wc", s_wc), wc_number=("wc", s_se),
-                wc_sized=("wc", s_wc))
     quality = {world: {d: data_quality(problems, samples[world][m], params[m], k, planned_tokens)
                        for d, (m, k) in sets.items() if d != "wc_sized"} for world in WORLDS}
-    jobs = [(w, f, setup, source, seed) for w in WORLDS for f in FILTERS for setup in SETUPS
-            for source in sets for seed in range(study.seeds)]
     runs = {}
     for i, (world, data_filter, setup, source, seed) in enumerate(jobs):
-        kept = source_data(problems, samples[world], sets, source, data_filter)
-        base = models[world][SETUPS[setup]]
 
-        def make(base=base, kept=kept, seed=seed):
+        def make(world=world, data_filter=data_filter, setup=setup, source=source, seed=seed):
+            base = sitting.model(world, SETUPS[setup])[0]
+            kept = source_data(problems, samples[world], sets, source, data_filter)
             t = time.time()
             model, losses = finetune(base, tok, kept, study, seed)
             ev = evaluation.evaluate_all(model, tok, args, full=False)
             return dict(kept=len(kept), final_loss=float(losses[-1]) if losses else None,
                         seconds=time.time() - t, eval=ev)
 
-        name = f"{world}-{data_filter}-{setup}-{source}-seed{seed}.json"
-        runs[jobs[i]] = r = cached_json(out / "finetune" / name, make)
+        name = finetune_name(jobs[i])
+        used = [role(world, m) for m in (SETUPS[setup], *samplers(source, sets))]
+        runs[jobs[i]] = r = sitting.unit(name, used, make, out / "finetune" / f"{name}.json")
         print(f"[study {i + 1}/{len(jobs)}] {world}, {data_filter} data, {setup} on {source}, seed "
               f"{seed}: {RL_LEVEL} acc {r['eval'][RL_LEVEL]['acc']:.3f}")
+    check_one_base_per_role(sitting.records)  # every unit is recorded now: pooled only if one base
 
     rows = []
     for world, data_filter, setup, source in dict.fromkeys(j[:4] for j in jobs):

@@ -2,12 +2,16 @@
 metrics, the problem set that no model trained on, fine-tuning, and the whole command
 (its --quick form) on tiny models.
 
+The records of the study's units (in a folder of each test's own: NANORGRA_RECORDS) are tested on a
+smaller study, one world and one filter (29 units), run once for the module.
+
 The hand-made sample sets use one problem, 2*3+4-1 = 9, which has two sound worked solutions: the
 canonical one (2*3, then 6+4, then 10-1) and one that computes 4-1 before the addition, which
 precedence also allows."""
 
 import json
 import math
+import shutil
 import zlib
 
 import numpy as np
@@ -45,6 +49,19 @@ PROBLEMS = [P1, P2]
 # P1: 4 answer-correct, 3 distinct of them; P2: never right
 SAMPLES = [[WRONG_ANSWER, CANONICAL, CANONICAL, OTHER_ORDER, WRONG_STEP],
            ["A:3", "5-2=3\n3+1=5\nA:5", "A:5", "A:5", "A:5"]]  # P2 = 4: never right
+
+
+@pytest.fixture(autouse=True)
+def own_records(tmp_path, monkeypatch):
+    """Each test's records in a folder of its own: a study directory of the same name in another
+    test must not find them."""
+    monkeypatch.setenv("NANORGRA_RECORDS", str(tmp_path / "records"))
+
+
+def stand_in_reward(text, p, *a, **k):
+    """A stand-in verifier that passes some samples of an untrained model, so that fine-tunes have
+    data."""
+    return float(zlib.crc32(text.encode()) % 3 == 0)
 
 
 def study_argv(tmp_path, *extra):
@@ -248,12 +265,7 @@ def test_finetune_lowers_the_loss_on_its_data_and_leaves_the_base_untouched():
 
 def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_anything(tmp_path,
                                                                                        monkeypatch):
-    # a stand-in verifier that passes some samples of an untrained model, so that fine-tunes
-    # have data
-    def stand_in(text, p, *a, **k):
-        return float(zlib.crc32(text.encode()) % 3 == 0)
-
-    monkeypatch.setattr(study, "outcome_reward", stand_in)
+    monkeypatch.setattr(study, "outcome_reward", stand_in_reward)
     study.main(study_argv(tmp_path))
     out = tmp_path / "study"
     results = json.loads((out / "results.json").read_text())
@@ -297,7 +309,7 @@ def test_tiny_quick_study_writes_results_and_a_rerun_resumes_without_redoing_any
     monkeypatch.setattr(study, "finetune", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(study, "sample_solutions", lambda *a, **k: calls.append(a))
     study.main(study_argv(tmp_path))
-    assert calls == []  # samples and every fine-tune were read back from the study directory
+    assert calls == []  # samples and every fine-tune were read back from their records
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
 
 
@@ -349,3 +361,164 @@ def test_a_verdict_is_separable_only_after_holm_over_its_family():
     assert clear["verdict"] == "WC better" and clear["p_adjusted"] == pytest.approx(
         min(1.0, 12 * clear["p"]))
     assert tests["skills", "sound", "distillation"]["verdict"] == "not separable"
+
+
+# -----------------------------------------------------------------------------
+# The records: a later sitting, without the study directory, goes on where the last one stopped
+
+
+def shrink(patch):
+    """One world and one filter (3 evaluations, 2 samplings, 24 fine-tunes), the stand-in
+    verifier."""
+    patch.setattr(study, "WORLDS", ("habits",))
+    patch.setattr(study, "FILTERS", ("answer-correct",))
+    patch.setattr(study, "outcome_reward", stand_in_reward)
+
+
+def report(out):
+    """What a study wrote, but for its command and times: its results and its table."""
+    results = json.loads((out / "results.json").read_text())
+    for key in ("command", "seconds", "times"):
+        del results[key]
+    return results, (out / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A small study run once, uninterrupted: the folder of its records, and its report."""
+    root = tmp_path_factory.mktemp("recorded")
+    with pytest.MonkeyPatch.context() as patch:
+        shrink(patch)
+        patch.setenv("NANORGRA_RECORDS", str(root / "records"))
+        study.main(study_argv(root))
+    return root, report(root / "study")
+
+
+@pytest.fixture
+def small(monkeypatch):
+    shrink(monkeypatch)
+
+
+class Stopped(Exception):
+    """A sitting stopped in the middle (by a Ctrl-C, the machine going away, ...)."""
+
+
+def counted(monkeypatch, module, name, calls, stop_after=None):
+    """module.name, counting its calls in calls[name] (Stopped at call stop_after + 1)."""
+    real = getattr(module, name)
+
+    def counting(*a, **k):
+        if len(calls.setdefault(name, [])) == stop_after:
+            raise Stopped
+        calls[name].append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counting)
+
+
+def records_of(tmp_path, recorded):
+    """A copy of the recorded study's records, as this test's records folder."""
+    shutil.copytree(recorded[0] / "records", tmp_path / "records")
+    return {p.stem: p for p in (tmp_path / "records" / "study").glob("*.json")}
+
+
+def edit(path, change):
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def test_recorded_units_carry_their_bases_fingerprints_and_are_skipped_in_a_new_sitting(
+        tmp_path, monkeypatch, small, recorded):
+    records = records_of(tmp_path, recorded)
+    assert len(records) == 3 + 2 + 3 * 4 * 2  # evaluations, samplings, fine-tunes
+    tuned = json.loads(records["habits-answer-correct-distillation-wc_sized-seed1"].read_text())
+    used = tuned["provenance"]["bases"]
+    assert set(used) == {"habits student", "habits wc", "habits se"}  # tuned, and the samplers
+    assert len(set(used.values())) == 3 and tuned["provenance"]["seconds"] >= 0  # not None
+    assert {"commit", "cpu", "threads", "torch"} <= set(tuned["provenance"])
+    assert tuned["value"]["eval"] and tuned["settings"]["study_seeds"] == 2
+    settings, args = study.parse(study_argv(recorded[0]))  # with the recorded sitting's bases
+    wc_args = study.model_args(args, settings)["wc"]
+    _, wc_path = warmstart.warm_start(wc_args, get_tokenizer(), torch.device("cpu"),
+                                      log=lambda *a: None)
+    assert used["habits wc"] == study.weights_fingerprint(wc_path)  # the weights' hash
+    samples = json.loads(records["samples-habits-wc"].read_text())
+    assert samples["provenance"]["bases"] == {"habits wc": used["habits wc"]}
+
+    calls = {}
+    for module, name in ((warmstart, "warm_start"), (evaluation, "base_evaluation"),
+                         (study, "sample_solutions"), (study, "finetune")):
+        counted(monkeypatch, module, name, calls)
+    study.main(study_argv(tmp_path / "fresh clone"))  # no study directory, no bases
+    assert calls == {}  # every unit read back from its record: nothing trained, sampled or tuned
+    assert report(tmp_path / "fresh clone" / "study") == recorded[1]
+
+
+def test_a_sitting_interrupted_and_resumed_without_its_study_directory_gives_the_same_report(
+        tmp_path, monkeypatch, small, recorded):
+    calls, real_finetune = {}, study.finetune
+    counted(monkeypatch, study, "finetune", calls, stop_after=5)
+    with pytest.raises(Stopped):
+        study.main(study_argv(tmp_path / "first"))
+    recorded_here = list((tmp_path / "records" / "study").glob("*.json"))
+    assert len(recorded_here) == 3 + 2 + 5
+
+    calls = {}
+    monkeypatch.setattr(study, "finetune", real_finetune)
+    counted(monkeypatch, study, "finetune", calls)
+    counted(monkeypatch, study, "sample_solutions", calls)
+    study.main(study_argv(tmp_path / "second"))  # a fresh clone: the records only
+    assert len(calls["finetune"]) == 24 - 5 and "sample_solutions" not in calls
+    assert report(tmp_path / "second" / "study") == recorded[1]  # as if never interrupted
+
+
+def test_units_on_two_bases_of_one_role_are_refused_naming_the_units_to_redo(
+        tmp_path, monkeypatch, small, recorded):
+    records = records_of(tmp_path, recorded)
+    other = "habits-answer-correct-self_improvement-se-seed1"  # WC tuned on SE's samples
+
+    def other_wc(record):
+        record["provenance"]["bases"]["habits wc"] = "0123456789abcdef"
+        record["provenance"]["cpu"] = "another CPU"
+
+    edit(records[other], other_wc)  # as if tuned from a WC trained on another machine
+    calls = {}
+    counted(monkeypatch, warmstart, "warm_start", calls)
+    with pytest.raises(SystemExit) as e:
+        study.main(study_argv(tmp_path))
+    message = str(e.value)
+    assert f"{other} (habits wc, on another CPU)" in message and "delete their records" in message
+    assert "seed0" not in message and "samples-habits-wc" not in message  # the others pool
+    assert calls == {}  # refused before any work
+
+
+def test_a_base_of_this_machine_unlike_the_recorded_one_is_refused_before_it_is_used(
+        tmp_path, monkeypatch, small, recorded):
+    """The WC warm-started here is not the WC the records used (as on another kind of CPU): the
+    sitting stops, naming the recorded units that used that WC."""
+    records = records_of(tmp_path, recorded)
+    uses_wc = []
+    for name, path in records.items():
+        if "habits wc" in json.loads(path.read_text())["provenance"]["bases"]:
+            uses_wc.append(name)
+            edit(path, lambda r: r["provenance"]["bases"].update({"habits wc": "0123456789abcdef"}))
+    left = "habits-answer-correct-self_improvement-se-seed0"
+    records[left].unlink()  # the unit still to do: it fine-tunes WC
+    calls = {}
+    counted(monkeypatch, study, "finetune", calls)
+    with pytest.raises(SystemExit) as e:
+        study.main(study_argv(tmp_path))
+    message = str(e.value)
+    assert "habits wc" in message and "0123456789abcdef" in message
+    named = message.rsplit(": ", 1)[1].split(", ")
+    assert sorted(named) == sorted(n for n in uses_wc if n != left)
+    assert "habits-answer-correct-distillation-se-seed0" not in named  # it used no WC
+    assert calls == {}  # no unit was tuned on the other WC
+
+
+def test_records_made_with_other_settings_are_refused(tmp_path, small, recorded):
+    records_of(tmp_path, recorded)
+    with pytest.raises(SystemExit) as e:
+        study.main(study_argv(tmp_path, "--ft-lr", "0.5"))  # no study directory: the records
+    assert "other settings (study_ft_lr)" in str(e.value)

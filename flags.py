@@ -148,8 +148,10 @@ def build_parser(presets):
                         "CUBLAS_WORKSPACE_CONFIG): on CUDA, the same seed gives the same run; "
                         "the CPU run is deterministic without it")
     a.add_argument("--compile", action="store_true",
-                   help="the sampler's decode step through torch.compile (the same samples; "
-                        "the first steps wait for the compiler)")
+                   help="the sampler's decode step and the policy's forward (learn()'s, the "
+                        "sampler's prefill, the evaluations') through torch.compile: the same "
+                        "functions to float rounding; the first steps wait for the compiler; "
+                        "slower on a CPU (docs/gpu.md)")
     a.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: cuda, mps, cpu")
     a.add_argument("--report-to", default="none", choices=REPORTERS,

@@ -560,8 +560,9 @@ def train(args, log=print):
     base, base_path = warm_start(args, tok, device, run.log)  # shipped, cached or trained
     ref = base.eval().requires_grad_(False)  # the frozen KL reference
     policy = copy.deepcopy(base).requires_grad_(True)
-    if args.compile:  # fewer, fused kernels for the sampler's step: the same function
-        policy.decode_step = torch.compile(policy.decode_step, dynamic=True)
+    if args.compile:  # fewer, fused kernels: the same functions, to float rounding
+        policy.decode_step = torch.compile(policy.decode_step, dynamic=True)  # the sampler's step
+        policy.forward = torch.compile(policy.forward, dynamic=True)  # learn()'s, the prefill's
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     first_step = run.start(policy, opt)  # 0, or the step after the checkpoint (its state loaded)
     run.log(f"device {device}; model {policy.num_params():,} params; run dir {run.dir}")

@@ -223,10 +223,11 @@ def test_the_compiled_decode_step_samples_the_same_tokens(tok):
     torch.testing.assert_close(plain.logprobs, fused.logprobs, rtol=0, atol=1e-5)
 
 
-def test_a_run_with_the_compile_flag_compiles_the_policys_decode_step(tmp_path, monkeypatch):
+def test_a_run_with_the_compile_flag_compiles_the_decode_step_and_the_forward(tmp_path,
+                                                                           monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **k: compiled.append(fn) or fn)
     flags = [*TINY, "--compile", "--out-dir", str(tmp_path / "run"),
              "--base-dir", str(tmp_path / "bases")]
     nanorgra.train(nanorgra.parse_args(flags), log=lambda *a: None)
-    assert [fn.__name__ for fn in compiled] == ["decode_step"]
+    assert [fn.__name__ for fn in compiled] == ["decode_step", "forward"]  # the policy's

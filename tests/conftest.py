@@ -34,3 +34,10 @@ def tiny(tok):
     """A one-layer GPT of width 32 (seed 0): the loss tests' model. Copy it before training it."""
     config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
     return GPT(config, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def records_of_its_own(tmp_path_factory, monkeypatch):
+    """Every test's experiments write their run records into a folder of the test's own: records
+    are keyed by the experiment folder's name ("sweep", "map"), which many tests share."""
+    monkeypatch.setenv("NANORGRA_RECORDS", str(tmp_path_factory.mktemp("records")))

@@ -186,6 +186,7 @@ def test_tiny_map_writes_tables_and_figures_and_a_rerun_reuses_or_resumes_runs(t
     assert same(regimes.main(map_argv(tmp_path)))  # every run reused: nothing trained
     assert calls == []
     (out / "beta-0-seed1" / "summary.json").unlink()  # as if stopped after its last checkpoint
+    runner.record_path(out / "beta-0-seed1").unlink()  # so not finished: no record either
     assert same(regimes.main(map_argv(tmp_path)))
     assert calls == [(str(out / "beta-0-seed1"), True)]  # resumed, and only that run
 

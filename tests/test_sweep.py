@@ -10,7 +10,7 @@ from dataclasses import asdict
 import pytest
 
 import nanorgra
-from experiments import stats, sweep
+from experiments import runner, stats, sweep
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--skill-steps", "3",
         "--habit-steps", "2", "--warm-batch", "8", "--steps", "3", "--prompts", "2", "--group", "2",
@@ -90,8 +90,9 @@ def test_tiny_quick_sweep_writes_its_table_json_curves_and_plots(tmp_path):
 def test_a_rerun_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
     argv = sweep_argv(tmp_path, "--seeds", "2", "--variants", "rgra")
     first = sweep.main(argv)
-    # as if stopped after its last checkpoint
+    # as if stopped after its last checkpoint: not finished, so no record either
     (tmp_path / "sweep" / "rgra-seed1" / "summary.json").unlink()
+    runner.record_path(tmp_path / "sweep" / "rgra-seed1").unlink()
     calls = []
     real_train = nanorgra.train
 

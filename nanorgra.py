@@ -24,11 +24,11 @@ import torch
 
 import flags
 import rundir
+from batches import decode_completions, pack_examples
 from data.tasks import RL_LEVEL, STREAMS, prompt_text, step_rngs, train_problems, worked_solution
 from data.tokenizer import get_tokenizer
 from distributed import gather_step, my_micro_batches, my_share, setup_device, \
     sum_gradients_over_ranks, sum_rows_over_ranks
-from batches import decode_completions, pack_examples
 from evaluation import base_evaluation, before_and_after, evaluate_all
 from flags import SwitchError, check_switches, switch
 from metrics import Learned, StepRecord, combine, loss_stats, step_metrics

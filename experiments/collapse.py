@@ -39,7 +39,6 @@ pairs of its most informative cells; every finished run leaves a record (experim
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -174,8 +173,7 @@ def report_markdown(tests):
               "| lr | base | " + " | ".join(EXPLORATORY) + " |",
               "|" + " --- |" * (len(EXPLORATORY) + 2)]
     for t in tests:
-        cells = [f"{t['exploratory'][m]['mean']:+.3f} (p {stats.p_text(t['exploratory'][m]['p'])})"
-                 if not math.isnan(t["exploratory"][m]["p"]) else "n/a" for m in EXPLORATORY]
+        cells = [stats.effect_text(t["exploratory"][m]) for m in EXPLORATORY]
         lines.append(f"| {t['rate']} | {t['base_seed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -216,14 +214,8 @@ def parse(argv):
     p.add_argument("--collapse-dir", default="runs/collapse", help="where the runs go")
     runner.add_modes(p, COLLECTS)
     args, run_flags = p.parse_known_args(argv)
-    if "--base-seed" in run_flags or "--seed" in run_flags:
-        p.error("the test fixes --base-seed and --seed itself")
-    out = Path(args.collapse_dir)
-    runs = collapse_runs(MAP_FLAGS + run_flags, out)
-    warm_starts = {f"warm-start-base{b}": MAP_FLAGS + run_flags + ["--base-seed", str(b)]
-                   for b in BASES}
-    experiment = runner.Experiment("experiments/collapse.py", runs, warm_starts, out,
-                                   f"{len(runs)} runs", COLLECTS)
+    experiment = runner.over_bases(p, "experiments/collapse.py", MAP_FLAGS + run_flags,
+                                   Path(args.collapse_dir), collapse_runs, BASES)
     runner.check_runs(p, args.run, experiment)
     return args, experiment
 

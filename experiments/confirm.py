@@ -306,8 +306,7 @@ def report_markdown(tests, verdicts):
               "| hypothesis | base | " + " | ".join(MEASURES) + " |",
               "|" + " --- |" * (len(MEASURES) + 2)]
     for t in tests:
-        cells = [f"{t['measures'][m]['mean']:+.3f} (p {stats.p_text(t['measures'][m]['p'])})"
-                 if not math.isnan(t["measures"][m]["p"]) else "n/a" for m in MEASURES]
+        cells = [stats.effect_text(t["measures"][m]) for m in MEASURES]
         lines.append(f"| {t['hypothesis']} | {t['base_seed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -368,14 +367,8 @@ def parse(argv):
     each base), all checked before any work."""
     p = build_parser()
     args, run_flags = p.parse_known_args(argv)
-    if "--base-seed" in run_flags or "--seed" in run_flags:
-        p.error("the set fixes --base-seed and --seed itself")
-    out = Path(args.confirm_dir)
-    runs = confirmation_runs(MAP_FLAGS + run_flags, out)
-    warm_starts = {f"warm-start-base{b}": MAP_FLAGS + run_flags + ["--base-seed", str(b)]
-                   for b in BASES}
-    confirmations = runner.Experiment("experiments/confirm.py", runs, warm_starts, out,
-                                      f"{len(runs)} runs", COLLECTS)
+    confirmations = runner.over_bases(p, "experiments/confirm.py", MAP_FLAGS + run_flags,
+                                      Path(args.confirm_dir), confirmation_runs, BASES)
     runner.check_runs(p, args.run, confirmations)
     return args, confirmations
 

@@ -227,6 +227,17 @@ class Experiment:
         return Path(self.script).stem
 
 
+def over_bases(p, script, run_flags, out, runs_of, bases):
+    """An experiment whose runs fix --base-seed and --seed themselves (p.error if run_flags, the
+    flags given for every run, name either): its runs runs_of(run_flags, out), one warm start for
+    each of bases."""
+    if "--base-seed" in run_flags or "--seed" in run_flags:
+        p.error(f"{script} fixes --base-seed and --seed itself")
+    runs = runs_of(run_flags, out)
+    warm_starts = {f"warm-start-base{b}": run_flags + ["--base-seed", str(b)] for b in bases}
+    return Experiment(script, runs, warm_starts, out, f"{len(runs)} runs", "the report")
+
+
 def at_least_one(text):
     """An int of at least 1, or argparse's error naming the value."""
     value = int(text)

@@ -193,6 +193,13 @@ def paired_summary(on, off):
     return summary
 
 
+def effect_text(summary):
+    """ "+0.123 (p 0.456)" of a paired_summary, its raw p; "n/a" where it has no p."""
+    if math.isnan(summary["p"]):
+        return "n/a"
+    return f"{summary['mean']:+.3f} (p {p_text(summary['p'])})"
+
+
 def holm(p_values):
     """Holm's step-down adjustment of a family's p values (nan: not a test, left out; its
     adjusted p is nan). Sorted ascending, the k-th smallest p (k from 0) becomes

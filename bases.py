@@ -245,16 +245,24 @@ def save_base(model, path, record):
     write_atomic(sidecar(path), json.dumps(dict(record, sha256=file_sha256(path)), indent=1))
 
 
+# the parts of a key that every stage of one base shares: what the warm start reads and runs
+SHARED_PARTS = ("corpus", "code", "model", "test_sets")
+
+
 def why_trained(stage, parts):
     """In words, why no base was found: which parts of the key differ from a shipped base of the
-    same stage, model and seed, or that none exists."""
-    for shipped in sorted(SHIPPED_DIR.glob(f"base-{stage}-{'?' * 12}.json")):  # not .eval-
-        theirs = json.loads(shipped.read_text())["parts"]
+    same model and seed (the shipped bases are last stages, so an earlier stage is compared on
+    SHARED_PARTS), or that none exists."""
+    for shipped in sorted(SHIPPED_DIR.glob(f"base-*-{'?' * 12}.json")):  # not .eval-
+        record = json.loads(shipped.read_text())
+        theirs = record["parts"]
         if theirs.get("model") != parts["model"]:
             continue
-        differ = [name for name in parts if theirs.get(name) != parts[name]]
-        return (f"the shipped {shipped.with_suffix('.pt').name} was made from another "
-                f"{', '.join(differ)}")
+        names = parts if record["stage"] == stage else SHARED_PARTS
+        differ = [name for name in names if theirs.get(name) != parts[name]]
+        if differ:
+            return (f"the shipped {shipped.with_suffix('.pt').name} was made from another "
+                    f"{', '.join(differ)}")
     return "no base of these settings is shipped or cached"
 
 

@@ -140,11 +140,10 @@ def test_a_swapped_base_file_is_refused(tmp_path):
 
 def test_why_a_base_is_trained_names_the_parts_that_differ_from_the_shipped_one():
     args = flags.parse_warm_start_args([])
-    stage, _, parts, _ = warmstart.stage_keys(args, get_tokenizer())[-1]
-    assert "no base" not in bases.why_trained(stage.name, parts).lower() or not list(
-        bases.SHIPPED_DIR.glob("*.json"))
-    edited = dict(parts, corpus="0" * 16)
-    assert bases.why_trained(stage.name, edited).endswith("another corpus")
+    keys = warmstart.stage_keys(args, get_tokenizer())
+    for stage, _, parts, _ in keys:  # the skills stage is compared on the parts stages share
+        edited = dict(parts, corpus="0" * 16)
+        assert bases.why_trained(stage.name, edited).endswith("was made from another corpus")
 
 
 @pytest.mark.parametrize("base_seed", [0, 1])

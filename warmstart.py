@@ -24,7 +24,7 @@ import torch
 import bases
 import flags
 import rundir
-from batches import packed_examples
+from batches import packed_examples, prefetched
 from data.tasks import HABITS, SKILLS, STREAMS, STYLES, TESTED_LEVELS, corpus_examples, step_rngs
 from data.tokenizer import get_tokenizer
 from distributed import pick_device
@@ -85,8 +85,11 @@ def train_stage(model, tok, stage, args):
     """Supervised steps on the stage's corpus, with a fresh AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.0, betas=(0.9, 0.95))
     bar = rundir.progress(range(stage.steps), f"warm start, {stage.name}")
-    for step in bar:
-        batch = stage_batch(tok, stage, step, args, model.device)
+    # the next steps' batches are made by a worker while this one computes (host work off the
+    # device's critical path); each step's draws are its own, so they are a plain loop's batches
+    batches = prefetched(lambda step: stage_batch(tok, stage, step, args, model.device),
+                         range(stage.steps))
+    for step, batch in zip(bar, batches):
         for group in opt.param_groups:
             group["lr"] = stage_lr(stage, step)
         loss = supervised_step(model, opt, batch)

@@ -106,3 +106,54 @@ def test_rows_longer_than_the_position_table_work_when_every_example_fits(tok, m
     with torch.no_grad():
         logp = packed_logprobs(model, batch)
     assert torch.isfinite(logp).all()
+
+
+# -----------------------------------------------------------------------------
+# The warm start's batches, made ahead of their step (batches.prefetched)
+
+
+def test_the_warm_starts_prefetched_batches_equal_a_plain_loops_in_order(tok):
+    import flags
+    import warmstart
+    from batches import prefetched
+    args = flags.parse_warm_start_args(["--warm-batch", "8"])
+    stage = warmstart.warm_stages(args)[0]
+    steps = range(5)
+    plain = [warmstart.stage_batch(tok, stage, step, args, "cpu") for step in steps]
+    ahead = list(prefetched(lambda step: warmstart.stage_batch(tok, stage, step, args, "cpu"),
+                            steps, ahead=2))
+    assert len(ahead) == len(plain)
+    for a, b in zip(ahead, plain):
+        for field in ("tokens", "segments", "targets", "loss_mask"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_a_prefetched_error_is_raised_at_the_step_it_belongs_to():
+    from batches import prefetched
+
+    def make(step):
+        if step == 3:
+            raise ValueError(f"step {step} cannot be made")
+        return step
+
+    seen = []
+    with pytest.raises(ValueError, match="step 3 cannot be made"):
+        for batch in prefetched(make, range(6)):
+            seen.append(batch)
+    assert seen == [0, 1, 2]
+
+
+def test_a_loop_that_stops_early_stops_the_worker_too():
+    import threading
+    from batches import prefetched
+    made = []
+
+    def make(step):
+        made.append(step)
+        return step
+
+    batches = prefetched(make, range(1000), ahead=2)
+    assert [next(batches) for _ in range(3)] == [0, 1, 2]
+    batches.close()  # what a break or an exception in the loop does
+    assert not any(t.name == "prefetched" for t in threading.enumerate())
+    assert len(made) <= 3 + 2 + 1  # the steps used, the queue's room and the one in hand

@@ -21,6 +21,10 @@ from data.tasks import OOD_LEVEL, RL_LEVEL, TEST_SET_SIZE, load_test_set, prompt
 from distributed import DEVICES, absent_device, prepare_deterministic, processes_started
 from model import PRECISIONS, GPTConfig
 
+# The trainer's precisions: fp16 would need loss scaling, which nanoRGRA leaves out; a sampler may
+# compute in any of model.PRECISIONS (--sampler-precision, the mismatch lab)
+TRAINER_PRECISIONS = ("fp32", "bf16")
+
 
 class Flag(NamedTuple):
     """A setting of a run: its flag, its default (whose type is the flag's type), its help, and the
@@ -139,10 +143,14 @@ def build_parser(presets):
                         help="continue the run in --out-dir from its checkpoint")
     either.add_argument("--overwrite", action="store_true",
                         help="delete the run in --out-dir and start again")
-    a.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+    a.add_argument("--precision", default="fp32", choices=list(TRAINER_PRECISIONS),
                    help="fp32: float32 everywhere | bf16: the linear layers under bf16 autocast "
                         "(on a GPU with native bf16, or the CPU), the attention, the head and the "
                         "log-probs in float32 (fp32)")
+    a.add_argument("--sampler-precision", default=None, choices=list(PRECISIONS),
+                   help="the sampler's precision, apart from the trainer's: its log-probs then "
+                        "differ from the trainer's (the mismatch lab; see --old-logprobs, "
+                        "--correction) (default: --precision)")
     a.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (torch.use_deterministic_algorithms, "
                         "CUBLAS_WORKSPACE_CONFIG): on CUDA, the same seed gives the same run; "
@@ -184,7 +192,8 @@ def parse_warm_start_args(argv=None):
     a = p.add_argument_group("warm start")
     a.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: cuda, mps, cpu")
-    a.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="(fp32)")
+    a.add_argument("--precision", default="fp32", choices=list(TRAINER_PRECISIONS),
+                   help="(fp32)")
     add_base_flags(a)
     for flag in RUN_FLAGS["warm start"]:
         a.add_argument(flag.name, type=type(flag.default), default=flag.default,
@@ -274,12 +283,15 @@ def device_problem(args):
         return absent
     uses_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     native_bf16 = uses_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-    if args.precision == "bf16" and uses_cuda and not native_bf16:
-        return (f"--precision bf16: {torch.cuda.get_device_name()} has no native bf16 (before "
-                f"Ampere), so it would be emulated, slowly; keep --precision fp32")
-    if args.precision == "bf16" and (args.device == "mps" or (
+    bf16 = "--precision" if args.precision == "bf16" else None
+    if getattr(args, "sampler_precision", None) == "bf16":
+        bf16 = "--sampler-precision"
+    if bf16 and uses_cuda and not native_bf16:
+        return (f"{bf16} bf16: {torch.cuda.get_device_name()} has no native bf16 (before "
+                f"Ampere), so it would be emulated, slowly; use fp32 (or fp16 for the sampler)")
+    if bf16 and (args.device == "mps" or (
             args.device == "auto" and not uses_cuda and torch.backends.mps.is_available())):
-        return "--precision bf16 runs on CUDA or the CPU, not on MPS; keep --precision fp32"
+        return f"{bf16} bf16 runs on CUDA or the CPU, not on MPS; use fp32"
     return None
 
 

@@ -24,38 +24,63 @@ class LossStats:
     ratio_sum: torch.Tensor  # the sum of rho over them
     clipped: torch.Tensor  # the tokens where clipping (or dual-clip) acted
     loss: torch.Tensor  # the loss: its share of the update's loss
+    # the trainer against the sampler, x = log pi_trainer - log pi_sampler of each sampled token
+    # (the mismatch; at the first update pi_trainer is pi_old): sums over the tokens
+    x_sum: torch.Tensor  # -1/tokens of it: KL(sampler || trainer), the k1 estimate
+    k3_sum: torch.Tensor  # exp(x) - x - 1: the k3 estimate of the same KL
+    w_sum: torch.Tensor  # w = exp(x), and w^2: the effective sample size (sum w)^2 / (n sum w^2)
+    w2_sum: torch.Tensor
+    seqs: torch.Tensor  # the completions, and the sum of each one's mean x: the log-perplexity
+    seq_x_sum: torch.Tensor  # difference, trainer's minus sampler's, is -1/seqs of it
+    over_c: torch.Tensor  # tokens with w > C (what TIS truncates)
+    outside_c: torch.Tensor  # tokens with w outside [1/C, C] (what token-level MIS drops)
     ratio_min: torch.Tensor
     ratio_max: torch.Tensor
+    x_max: torch.Tensor  # the largest |x|
 
 
-SUMMED = ("tokens", "ratio_sum", "clipped", "loss")
+SUMMED = ("tokens", "ratio_sum", "clipped", "loss", "x_sum", "k3_sum", "w_sum", "w2_sum", "seqs",
+          "seq_x_sum", "over_c", "outside_c")
 
 
-def loss_stats(rho, clipped, mask, loss):
-    """The LossStats of one micro-batch: rho, clipped, mask (N, L), the loss (detached)."""
+def loss_stats(rho, clipped, mask, loss, x, c):
+    """The LossStats of one micro-batch: rho, clipped, mask (N, L), the loss (detached), x (N, L)
+    the trainer's log-probs minus the sampler's (0 on padding), C the correction's bound."""
     rho = rho[mask]  # (tokens,)
     no_tokens = torch.ones((), device=rho.device)  # the ratio of no token: 1
+    # x is 0 on padding, where it adds nothing to these sums (w - x - 1 = 0 there too); no
+    # boolean indexing: each would be a host sync on a GPU
+    x = x.double()
+    w = torch.exp(x)
+    per_seq = x.sum(1) / mask.sum(1).clamp(min=1)  # (N,) each completion's mean x
     return LossStats(tokens=mask.sum(), ratio_sum=rho.double().sum(),
                      clipped=(clipped & mask).sum(), loss=loss,
+                     x_sum=x.sum(), k3_sum=(w - x - 1).sum(), w_sum=(w * mask).sum(),
+                     w2_sum=(w * w * mask).sum(), seqs=mask.any(1).sum(), seq_x_sum=per_seq.sum(),
+                     over_c=((w > c) & mask).sum(),
+                     outside_c=(((w > c) | (w < 1 / c)) & mask).sum(),
                      ratio_min=rho.min() if len(rho) else no_tokens,
-                     ratio_max=rho.max() if len(rho) else no_tokens)
+                     ratio_max=rho.max() if len(rho) else no_tokens,
+                     x_max=x.abs().max())
 
 
 def combine(parts):
-    """One LossStats of many: the sums added up in float64, the smallest and largest ratio, over
-    these parts and, under torchrun, over every process (one collective each, one read at the end).
-    No parts: no tokens, and rho 1 (the ratio of a policy that has not moved)."""
+    """One LossStats of many: the sums added up in float64, the extremes, over these parts and,
+    under torchrun, over every process (one collective each, one read at the end). No parts: no
+    tokens, rho 1 (the ratio of a policy that has not moved) and x 0."""
     one = torch.ones((), dtype=torch.float64)
     sums, low, high = torch.zeros(len(SUMMED), dtype=torch.float64), one, one
+    highs = torch.stack([one, 0 * one])  # (2,): ratio_max, x_max
     if parts:
         sums = torch.stack([torch.stack([getattr(p, name) for p in parts]).double().sum()
-                            for name in SUMMED])  # (4,)
+                            for name in SUMMED])  # (12,)
         low = torch.stack([p.ratio_min for p in parts]).min().double()
-        high = torch.stack([p.ratio_max for p in parts]).max().double()
+        highs = torch.stack([torch.stack([p.ratio_max for p in parts]).max().double(),
+                             torch.stack([p.x_max for p in parts]).max().double()])
     sums = reduce_over_ranks(sums, "sum").tolist()
     low = reduce_over_ranks(low, "min").item()
-    high = reduce_over_ranks(high, "max").item()
-    return LossStats(*sums, ratio_min=low, ratio_max=high)
+    high, x_max = reduce_over_ranks(highs, "max").tolist()
+    return LossStats(*sums, ratio_min=low, ratio_max=high, x_max=x_max)
 
 
 class Learned(NamedTuple):
@@ -70,6 +95,20 @@ def update_view(stats):
     """One optimizer step as metrics.jsonl's per_update shows it."""
     return dict(clip_frac=stats.clipped / (stats.tokens or 1), ratio_min=stats.ratio_min,
                 ratio_max=stats.ratio_max)
+
+
+def mismatch_metrics(first):
+    """The sampler against the trainer, read at the first update (first: its LossStats), whose
+    forward is the trainer's pi_old: the KL(sampler || trainer) by k1 and k3 per token, the
+    log-perplexity difference (trainer's minus sampler's, per completion), the largest
+    |log pi_trainer - log pi_sampler|, the effective sample size of w = pi_trainer / pi_sampler as
+    a share of the tokens (1: no mismatch), and the shares of tokens with w > C and outside
+    [1/C, C]. None where nothing was sampled."""
+    n = first.tokens
+    return dict(mismatch_kl_k1=-first.x_sum / n, mismatch_kl_k3=first.k3_sum / n,
+                mismatch_log_ppl_diff=-first.seq_x_sum / (first.seqs or 1),
+                mismatch_max=first.x_max, mismatch_ess=first.w_sum**2 / (n * first.w2_sum),
+                mismatch_over_c=first.over_c / n, mismatch_outside_c=first.outside_c / n)
 
 
 # -----------------------------------------------------------------------------
@@ -96,6 +135,10 @@ def step_metrics(record, zero_var, kl):
     row.update(reward_metrics(record.rewards, record.experience, zero_var))
     row.update(token_metrics(record.experience, kl))
     row.update(update_metrics(record.learned))
+    first = record.learned.per_update[0] if record.learned.per_update else None
+    sampled = bool(record.experience.rollout.logprobs.any())  # sft (gold text) has no sampler
+    if first is not None and first.tokens and sampled:
+        row.update(mismatch_metrics(first))
     row["per_update"] = [update_view(u) for u in record.learned.per_update]
     row["styles"] = style_shares(record.styles)
     row.update(record.times)

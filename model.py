@@ -137,8 +137,10 @@ class Block(nn.Module):
 
 # The forward's precision: "fp32" (the default, on every device) or "bf16" (mixed: the linear layers
 # under bf16 autocast; the attention, the head and the log-probs in float32, in the sampler and the
-# trainer alike). It is not part of GPTConfig: the weights are the same either way.
-PRECISIONS = ("fp32", "bf16")
+# trainer alike); "fp16" is the same with float16, for a sampler that computes apart from the
+# trainer (sampling_precision). It is not part of GPTConfig: the weights are the same either way.
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class GPT(nn.Module):
@@ -177,10 +179,10 @@ class GPT(nn.Module):
         return self.wte.weight.device
 
     def mixed_precision(self):
-        """bf16 autocast for the body of the network when precision is "bf16"; else nothing."""
+        """Autocast of the network's body to bf16 or fp16 (self.precision); in fp32 nothing."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def forward(self, idx, valid=None, cache=None, start=0, pos=None, segments=None):
         """
@@ -390,6 +392,9 @@ class Rollout:
     mask: torch.Tensor
     # (N, L) log-prob of each sampled token under the distribution it was drawn from; 0 on pad
     logprobs: torch.Tensor
+    # (N, L) the sampler's log-probs, kept here when the trainer's replace them in logprobs as
+    # pi_old (nanorgra.trainer_old_logprobs); None while logprobs are the sampler's own
+    sampler_logprobs: torch.Tensor | None = None
 
     def sequences(self):
         """The full (prompt | completion) rows and their valid mask, as the training forward
@@ -399,8 +404,9 @@ class Rollout:
 
     def rows(self, index):
         """The Rollout of the rows given by index (a tensor of row numbers or a slice)."""
+        sampler = None if self.sampler_logprobs is None else self.sampler_logprobs[index]
         return Rollout(self.prompt[index], self.prompt_valid[index], self.tokens[index],
-                       self.mask[index], self.logprobs[index])
+                       self.mask[index], self.logprobs[index], sampler)
 
 
 class KVCache:
@@ -533,6 +539,21 @@ SHRINK = 0.75
 CHECK_EVERY = 8
 
 
+@contextlib.contextmanager
+def sampling_precision(model, precision=None):
+    """The model computing in another precision for a while (None: its own): a sampler whose
+    arithmetic differs from the trainer's, as a vLLM sampler's does (--sampler-precision). The
+    weights are not touched; only the autocast of forward and decode_step, and the cache's dtype."""
+    own = model.precision
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model.precision = precision or own
+    try:
+        yield model
+    finally:
+        model.precision = own
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad, ~100 ops a step
 def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temperature=1.0,
              top_k=None, generator=None, seeds=None, check_every=None):
@@ -554,8 +575,8 @@ def generate(model, prompts, max_new_tokens, eos_id, pad_id, num_samples=1, temp
         noise = gumbel_noise(seeds, num_samples, max_new_tokens, cfg.vocab_size, device)
 
     # prefill: every prompt once, then its keys/values copied to its G rows (copying is cheap)
-    # the cache holds keys and values as the linear layers make them: bf16 under mixed precision
-    dtype = torch.bfloat16 if model.precision == "bf16" else model.wte.weight.dtype
+    # the cache holds keys and values as the linear layers make them: bf16 or fp16 when mixed
+    dtype = AUTOCAST_DTYPES.get(model.precision, model.wte.weight.dtype)
     prefill = KVCache(cfg, B, P, device, dtype)
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, P)
     logits = model(idx, valid=valid, cache=prefill, start=0, pos=pos)[:, -1]  # (B, V)

@@ -32,8 +32,8 @@ from distributed import gather_step, my_micro_batches, my_share, setup_device, \
 from evaluation import base_evaluation, before_and_after, evaluate_all
 from flags import SwitchError, check_switches, switch
 from metrics import Learned, StepRecord, combine, loss_stats, step_metrics
-from model import Rollout, completion_logits, completion_logprobs, generate, token_entropy, \
-    token_logprobs
+from model import Rollout, completion_logits, completion_logprobs, generate, sampling_precision, \
+    token_entropy, token_logprobs
 from verifier import outcome_reward, solution_style
 from warmstart import warm_start
 
@@ -97,6 +97,21 @@ class LossConfig:
     kl_in_reward: bool = switch(False, "the KL as a cost in the reward, r_i - beta sum_t kl_it, "
                                 "before the advantages, instead of a loss term (verl's "
                                 "use_kl_in_reward; REINFORCE++, RLOO)")
+    # the sampler against the trainer (REFERENCE.md, section 10: the mismatch lab)
+    old_logprobs: str = switch("auto", "where pi_old comes from: sampler (its own log-probs) | "
+                               "trainer (a forward before the first update) | auto: trainer "
+                               "under --precision bf16, else sampler",
+                               choices=("auto", "sampler", "trainer"))
+    correction: str = switch("none", "of the sampler's mismatch, w = pi_old / pi_sampler: tis: "
+                             "the policy term times min(w, C) | mis: times w, and 0 where w "
+                             "leaves [1/C, C] | none", choices=("none", "tis", "mis"))
+    correction_level: str = switch("token", "w of each token | sequence: the product of a "
+                                   "completion's token w | sequence-mean: their geometric mean",
+                                   choices=("token", "sequence", "sequence-mean"))
+    correction_c: float = switch(2.0, "the bound C of tis and mis", above=1)
+    masked_denominator: str = switch("leaves", "a token mis drops leaves the denominators of "
+                                     "aggregation (verl) | stays: counted with a loss of 0 (TRL, "
+                                     "ms-swift)", choices=("leaves", "stays"))
     # the entropy bonus
     entropy_coef: float = switch(0.0, "weight of the entropy bonus: loss -= entropy_coef * H, H "
                                  "the entropy of the whole next-token distribution", at_least=0)
@@ -135,6 +150,9 @@ class LossConfig:
              "needs clip_mode ppo (cispo's weight is bounded already)"),
             (self.kl_in_reward and self.beta == 0, "kl_in_reward",
              "needs beta > 0 (the weight of the KL in the reward): pass --beta"),
+            (self.correction != "none" and self.old_logprobs != "trainer", "correction",
+             "needs old_logprobs trainer (with the sampler's own pi_old, w = 1): pass "
+             "--old-logprobs trainer"),
         ]
 
 
@@ -287,6 +305,28 @@ def dual_clip(loss, adv, c):
     return torch.where(acts, bound, loss), acts
 
 
+def correction_weights(old_logp, sampler_logp, mask, cfg):
+    """The sampler's mismatch corrected: the sampler drew the completions from pi_sampler (other
+    arithmetic than the trainer's: bf16, fp16, vLLM), the loss takes pi_old from the trainer.
+      token:          w_it = pi_old(o_it) / pi_sampler(o_it) = exp(old_logp_it - sampler_logp_it)
+      sequence:       w_i = prod_t w_it            sequence-mean: w_i = (prod_t w_it)^(1/|o_i|)
+      tis (truncated, Yao et al. 2025):  weight = min(w, C)
+      mis (masked):  weight = w where 1/C <= w <= C, else 0: the token (or sequence) is dropped
+    The weight is a number (no gradient) that multiplies the policy term. old_logp, sampler_logp,
+    mask: (N, L). Returns the weight (N, L) and the tokens kept (N, L) bool."""
+    log_w = torch.where(mask, old_logp - sampler_logp, torch.zeros_like(old_logp))  # (N, L)
+    if cfg.correction_level == "sequence":
+        log_w = log_w.sum(1, keepdim=True).expand_as(log_w)
+    elif cfg.correction_level == "sequence-mean":
+        lengths = mask.sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+        log_w = (log_w.sum(1, keepdim=True) / lengths).expand_as(log_w)
+    w = torch.exp(log_w).detach()
+    if cfg.correction == "tis":
+        return w.clamp(max=cfg.correction_c), mask
+    kept = mask & (w >= 1 / cfg.correction_c) & (w <= cfg.correction_c)
+    return torch.where(kept, w, torch.zeros_like(w)), kept
+
+
 def kl_estimate(logp, ref_logp, estimator):
     """Per-token estimate of KL(pi_theta || pi_ref) from samples of pi_theta, x = ref_logp - logp:
       k1 = -x   (unbiased, can be negative)    k2 = x^2 / 2   (low variance, biased)
@@ -373,12 +413,20 @@ def rl_loss(logp, rollout, adv, ref_logp, cfg, denominators):
     if cfg.clip_c > 0:  # dual-clip: for A < 0, a loss of at most -clip_c A
         per_token, bounded = dual_clip(per_token, adv, cfg.clip_c)
         clipped = clipped | bounded
+    # the sampler's log-probs, (N, L): pi_old's unless the trainer recomputed it
+    sampler_logp = rollout.sampler_logprobs
+    if sampler_logp is None:
+        sampler_logp = rollout.logprobs
+    if cfg.correction != "none":  # TIS or MIS: the policy term times a weight for the mismatch
+        weight, _ = correction_weights(old_logp, sampler_logp, mask, cfg)
+        per_token = per_token * weight
     if cfg.beta > 0 and not cfg.kl_in_reward:  # the KL as a loss term (GRPO's and RGRA's place)
         ref_logp = torch.where(mask, ref_logp, logp.detach())
         per_token = per_token + cfg.beta * kl_estimate(logp, ref_logp, cfg.kl_estimator)
     n_seqs, n_tokens = denominators
     loss = aggregate(per_token, mask.float(), cfg.agg, n_seqs, n_tokens, cfg.agg_constant)
-    return loss, loss_stats(rho.detach(), clipped, mask, loss.detach())
+    mismatch = torch.where(mask, logp.detach() - sampler_logp, torch.zeros_like(logp))  # logs
+    return loss, loss_stats(rho.detach(), clipped, mask, loss.detach(), mismatch, cfg.correction_c)
 
 
 # -----------------------------------------------------------------------------
@@ -401,15 +449,15 @@ def sample_batch(policy, tok, problems, seeds, args):
         solutions = [worked_solution(p.expr) for p in problems]
         return pack_examples(tok, problems, solutions, policy.device)
     prompts = [tok.encode(prompt_text(p)) for p in problems]
-    return generate(policy, prompts, args.max_new_tokens, tok.eos_id, tok.pad_id, args.group,
-                    args.temperature, seeds=seeds)
+    with sampling_precision(policy, args.sampler_precision):  # None: the trainer's own
+        return generate(policy, prompts, args.max_new_tokens, tok.eos_id, tok.pad_id, args.group,
+                        args.temperature, seeds=seeds)
 
 
-def score_batch(tok, problems, rollout, format_reward=0.0):
-    """(B, G) verifier rewards: 1 for the right final answer, plus format_reward for a well-formed
-    answer line, right or wrong (the RGRA paper used 0.1); and each completion's solution style
-    (logs). Completions of a group often repeat: each distinct one is scored once."""
-    texts = decode_completions(tok, rollout)
+def score_batch(problems, texts, format_reward=0.0):
+    """(B, G) verifier rewards of B*G completion texts: 1 for the right final answer, plus
+    format_reward for a well-formed answer line, right or wrong (the RGRA paper used 0.1); and each
+    one's solution style (logs). A group's texts often repeat: each distinct one is scored once."""
     G = len(texts) // len(problems)
     scored = {}  # (prompt number, text) -> (reward, style)
     for i, text in enumerate(texts):
@@ -418,7 +466,7 @@ def score_batch(tok, problems, rollout, format_reward=0.0):
             scored[i // G, text] = (outcome_reward(text, problem, format_reward),
                                     solution_style(text, problem.expr))
     each = [scored[i // G, text] for i, text in enumerate(texts)]
-    rewards = torch.tensor([reward for reward, _ in each], device=rollout.tokens.device)
+    rewards = torch.tensor([reward for reward, _ in each])  # on the CPU, where the verifier ran
     return rewards.view(len(problems), G), [style for _, style in each]
 
 
@@ -460,12 +508,15 @@ def learn(policy, opt, experience, cfg, gen):
     """The algorithm: mu passes over the rows to learn from, each split into cfg.minibatches
     optimizer steps, each accumulated over micro-batches whose denominators count the whole
     minibatch (pitfall 10). Returns a Learned (metrics.py): statistics and gradient norms."""
-    mask = experience.rollout.mask  # (N, L)
     kept = experience.keep.nonzero().flatten()  # (K,) row numbers
     passes = [kept[torch.randperm(len(kept), generator=gen).to(kept.device)]
               for _ in range(cfg.mu if len(kept) else 0)]  # each pass's order of the rows
-    if policy.precision != "fp32" and passes:  # mixed precision: pi_old from the trainer itself
+    mixed = policy.precision != "fp32"  # mixed precision: pi_old from the trainer itself
+    if passes and (cfg.old_logprobs == "trainer" or (cfg.old_logprobs == "auto" and mixed)):
         experience = trainer_old_logprobs(policy, experience, passes[0], cfg)
+    if cfg.correction == "mis" and cfg.masked_denominator == "leaves":  # verl: out of the mask
+        experience, passes = without_dropped_tokens(experience, passes, cfg)
+    mask = experience.rollout.mask  # (N, L)
     updates, norms = [], []
     for order in passes:
         # torchrun: each process computes its share of each minibatch's rows
@@ -485,6 +536,16 @@ def learn(policy, opt, experience, cfg, gen):
     return Learned(combine(every), [combine(update) for update in updates], norms)
 
 
+def without_dropped_tokens(experience, passes, cfg):
+    """MIS with verl's denominators: the tokens it drops leave the rollout's mask, so aggregate()
+    counts them nowhere, and a completion left with none leaves the passes. Returns both."""
+    rollout = experience.rollout
+    _, kept = correction_weights(rollout.logprobs, rollout.sampler_logprobs, rollout.mask, cfg)
+    rows_left = kept.any(1)  # (N,)
+    passes = [order[rows_left[order]] for order in passes]
+    return replace(experience, rollout=replace(rollout, mask=kept)), passes
+
+
 def backward(policy, experience, rows, cfg, denominators):
     """The loss of some rows (a micro-batch), backpropagated (the gradient adds up over the
     micro-batches of a minibatch). Returns their LossStats."""
@@ -502,10 +563,10 @@ def backward(policy, experience, rows, cfg, denominators):
 
 @torch.no_grad()
 def trainer_old_logprobs(policy, experience, first_pass, cfg):
-    """Under mixed precision only: the experience with pi_old from the trainer's own forward over
-    the first pass's micro-batches, so that rho = 1 at the first update, as it must at mu = 1. The
-    sampler (a KV cache, a token at a time) agrees with the trainer to ~1e-6 in float32, to ~0.1
-    under bf16: GRPO would no longer equal RGRA (pitfall 12)."""
+    """The experience with pi_old from the trainer's own forward over the first pass's
+    micro-batches (under mixed precision, or old_logprobs trainer), so that rho = 1 at the first
+    update, as it must at mu = 1. The sampler (a KV cache, a token at a time) agrees with the
+    trainer to ~1e-6 in float32, to ~0.1 under bf16: GRPO would not equal RGRA (pitfall 12)."""
     logprobs = torch.zeros_like(experience.rollout.logprobs)  # (N, L); rows never learned stay 0
     # torchrun: each process computes its share of the rows
     for _, micro_batches in my_micro_batches(first_pass, cfg.minibatches, cfg.micro_batch):
@@ -515,7 +576,9 @@ def trainer_old_logprobs(policy, experience, first_pass, cfg):
             logp = token_logprobs(logits, part.tokens, experience.temperature)
             logprobs[rows] = torch.where(part.mask, logp, torch.zeros_like(logp))
     logprobs = sum_rows_over_ranks(logprobs)  # torchrun: every process's rows on every process
-    return replace(experience, rollout=replace(experience.rollout, logprobs=logprobs))
+    sampled = experience.rollout.logprobs  # kept: the mismatch is measured and corrected from it
+    rollout = replace(experience.rollout, logprobs=logprobs, sampler_logprobs=sampled)
+    return replace(experience, rollout=rollout)
 
 
 def rl_step(policy, ref, opt, tok, args, step):
@@ -525,9 +588,10 @@ def rl_step(policy, ref, opt, tok, args, step):
     problems, seeds = my_share(problems), my_share(seeds)  # torchrun: this process's prompts
     rollout = sample_batch(policy, tok, problems, seeds, args)
     t1 = time.perf_counter()
-    rewards, styles = score_batch(tok, problems, rollout, args.format_reward)  # (B, G)
-    t2 = time.perf_counter()
-    ref_logp = reference_logprobs(ref, rollout, args)  # (N, L) or None
+    texts = decode_completions(tok, rollout)  # the step waits for the sampler here, once
+    ref_logp = reference_logprobs(ref, rollout, args)  # (N, L) or None; queued on a GPU, which
+    t2 = time.perf_counter()  # computes it while the verifier runs on the host
+    rewards, styles = score_batch(problems, texts, args.format_reward)  # (B, G)
     # torchrun: every process's rows, on every process
     rollout, rewards, styles, ref_logp = gather_step(rollout, rewards.to(policy.device), styles,
                                                      ref_logp, tok.pad_id)
@@ -540,7 +604,7 @@ def rl_step(policy, ref, opt, tok, args, step):
     t3 = time.perf_counter()
     minibatch_gen = step_rngs(args.seed, step, STREAMS["minibatches"])[1]
     learned = learn(policy, opt, experience, args.loss, minibatch_gen)
-    times = dict(t_sample=t1 - t0, t_score=t2 - t1, t_reference=t3 - t2,
+    times = dict(t_sample=t1 - t0, t_reference=t2 - t1, t_score=t3 - t2,
                  t_learn=time.perf_counter() - t3)
     kl = None if ref_logp is None else kl_estimate(rollout.logprobs, ref_logp, "k3")  # for logs
     record = StepRecord(step, rewards, styles, experience, learned, times)

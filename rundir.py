@@ -162,6 +162,25 @@ def torch_threads(n):
 RUN_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "ckpt.pt", "summary.json", "run.png")
 
 
+# Settings added after runs began to be recorded, at their defaults: a config.json or a record
+# written before a setting existed ran as its default does (tests/test_mismatch.py checks that
+# these are today's defaults). A record or a checkpoint of a long form thus stays valid.
+ADDED_LATER = dict(sampler_precision=None,
+                   loss=dict(old_logprobs="auto", correction="none", correction_level="token",
+                             correction_c=2.0, masked_denominator="leaves"))
+
+
+def with_later_defaults(settings):
+    """settings (a config.json's) with every setting added later at its default where absent."""
+    filled = dict(settings)
+    for name, default in ADDED_LATER.items():
+        if isinstance(default, dict) and isinstance(filled.get(name), dict):
+            filled[name] = {**default, **filled[name]}
+        elif name not in filled:
+            filled[name] = default
+    return filled
+
+
 def run_settings(args):
     """The run's settings as config.json holds them: JSON values, without what does not change the
     run (--resume, --overwrite, --retrain-base, --report-to)."""
@@ -205,6 +224,7 @@ class RunDir:
             raise SystemExit(f"--resume: no checkpoint at {self.dir / 'ckpt.pt'}, "
                              f"so nothing to resume")
         saved = json.loads((self.dir / "config.json").read_text()) if args.resume else now
+        saved = with_later_defaults(saved)
         changed = {k: (saved.get(k), now.get(k)) for k in saved.keys() | now.keys()
                    if saved.get(k) != now.get(k)}
         if changed:

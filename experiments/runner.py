@@ -46,7 +46,7 @@ import warmstart
 from data.tasks import OOD_LEVEL, RL_LEVEL
 from data.tokenizer import get_tokenizer
 from distributed import setup_device
-from rundir import cpu_name, read_jsonl, run_settings, write_atomic
+from rundir import cpu_name, read_jsonl, run_settings, with_later_defaults, write_atomic
 
 # -----------------------------------------------------------------------------
 # A run
@@ -125,8 +125,8 @@ def check_same_settings(ours, theirs, where):
     """SystemExit unless the settings ours and theirs (JSON values) are the same, but for WHERE,
     naming where the finished work is (a run's directory, a record) and the settings that
     differ."""
-    ours = {k: v for k, v in ours.items() if k not in WHERE}
-    theirs = {k: v for k, v in theirs.items() if k not in WHERE}
+    ours = {k: v for k, v in with_later_defaults(ours).items() if k not in WHERE}
+    theirs = {k: v for k, v in with_later_defaults(theirs).items() if k not in WHERE}
     if ours != theirs:
         differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise SystemExit(f"{where} holds a finished run with other settings ({', '.join(differ)}); "
@@ -297,6 +297,30 @@ def run_everything(experiment, jobs):
         print(f"{experiment.name} stopped; run the same command again to continue")
         return False
     return True
+
+
+def declared_command(argv, script, description, runs_of, bases, run_flags_first):
+    """The command of a declared experiment (collapse.py, mismatch.py): its --<name>-dir, the
+    modes, and its runs runs_of(run_flags_first + the other flags given, out) over bases. Returns
+    the parsed args and the Experiment (argparse's error, exit status 2, for a bad flag)."""
+    name = Path(script).stem
+    p = argparse.ArgumentParser(description=description,
+                                epilog="Any other flag goes to every run.")
+    p.add_argument(f"--{name}-dir", default=f"runs/{name}", help="where the runs go")
+    add_modes(p, "the report")
+    args, run_flags = p.parse_known_args(argv)
+    out = Path(getattr(args, f"{name}_dir"))
+    experiment = over_bases(p, script, run_flags_first + run_flags, out, runs_of, bases)
+    check_runs(p, args.run, experiment)
+    return args, experiment
+
+
+def measured_runs(args, argv, experiment, measures):
+    """Does the command's mode (run_modes); when it goes on to collect, {run name: measures(files)}
+    of every finished run, else None."""
+    if not run_modes(args, argv, experiment):
+        return None
+    return {name: measures(files) for name, files in read_finished(experiment.runs).items()}
 
 
 def run_modes(args, argv, experiment):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import batches
 import nanorgra
 import rundir
 from data.tasks import make_problem, prompt_text
@@ -104,7 +105,7 @@ def test_float32_is_the_default_precision_of_a_run_and_of_a_model(tok):
     assert nanorgra.parse_args([]).precision == "fp32"
     assert tiny_model(tok, "fp32").precision == GPT(GPTConfig()).precision == "fp32"
     with pytest.raises(ValueError, match="precision"):
-        GPT(GPTConfig(), precision="fp16")
+        GPT(GPTConfig(), precision="int8")
 
 
 # -----------------------------------------------------------------------------
@@ -142,7 +143,8 @@ def test_each_distinct_completion_is_scored_once_with_the_same_rewards_and_style
     real_reward = nanorgra.outcome_reward
     monkeypatch.setattr(nanorgra, "outcome_reward",
                         lambda *a: calls.append(a[0]) or real_reward(*a))
-    rewards, styles = nanorgra.score_batch(tok, problems, rollout, format_reward=0.1)
+    texts_back = batches.decode_completions(tok, rollout)
+    rewards, styles = nanorgra.score_batch(problems, texts_back, format_reward=0.1)
     plain = [outcome_reward(t, problems[i // 4], 0.1) for i, t in enumerate(texts)]
     assert rewards.flatten().tolist() == pytest.approx(plain)
     assert styles == [solution_style(t, problems[i // 4].expr) for i, t in enumerate(texts)]

@@ -100,10 +100,11 @@ def learn_syncs(model, tok, cfg):
 
 # per optimizer step: the minibatch's token count (the loss's denominator), the tokens' ratios
 # (rho[mask], in metrics.loss_stats), the gradient norm read once (logged, and checked finite),
-# and the update's statistics (combine: one .tolist() of the sums, the smallest and largest ratio)
-PER_UPDATE = Counter(item=4, tolist=1, **{"aten.index.Tensor": 1})
+# and the update's statistics (combine: one .tolist() of the sums, the smallest ratio, one
+# .tolist() of the largest ratio and the largest mismatch |x|)
+PER_UPDATE = Counter(item=3, tolist=2, **{"aten.index.Tensor": 1})
 # once per learn(): the rows to learn from (nonzero), and the statistics of all updates together
-PER_CALL = Counter(item=2, tolist=1, **{"aten.nonzero.default": 1})
+PER_CALL = Counter(item=1, tolist=2, **{"aten.nonzero.default": 1})
 
 
 @pytest.mark.parametrize("updates, switches", [(1, {}), (2, {"minibatches": 2}), (2, {"mu": 2})])

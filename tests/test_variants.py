@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import flags
-import batches
 import nanorgra
 from data.tasks import make_problem, prompt_text
 from data.tokenizer import get_tokenizer
@@ -615,10 +614,9 @@ def test_the_sweep_keeps_its_13_variants_first_and_can_run_every_preset():
 def test_score_batch_adds_the_format_reward_to_well_formed_answer_lines_right_or_wrong(tok):
     problem = make_problem("mix3", np.random.default_rng(3))
     texts = [f"A:{problem.answer}", f"A:{problem.answer + 1}", f"QA:{problem.answer}", "="]
-    rollout = batches.pack_examples(tok, [problem] * 4, texts, torch.device("cpu"))
-    rewards, _ = nanorgra.score_batch(tok, [problem], rollout, 0.1)
+    rewards, _ = nanorgra.score_batch([problem], texts, 0.1)
     torch.testing.assert_close(rewards, torch.tensor([[1.1, 0.1, 1.0, 0.0]]))
-    plain, _ = nanorgra.score_batch(tok, [problem], rollout)  # the default: no bonus
+    plain, _ = nanorgra.score_batch([problem], texts)  # the default: no bonus
     assert plain.tolist() == [[1.0, 0.0, 1.0, 0.0]]
     assert ((rewards >= 1) == (plain >= 1)).all()  # accuracy (reward >= 1) is unchanged by it
 
@@ -674,9 +672,9 @@ def test_every_new_switch_at_once_runs_end_to_end_and_is_recorded(tmp_path, base
     format_rewards = []
     score_batch = nanorgra.score_batch
 
-    def recording_score_batch(tok, problems, rollout, format_reward=0.0):
+    def recording_score_batch(problems, texts, format_reward=0.0):
         format_rewards.append(format_reward)
-        return score_batch(tok, problems, rollout, format_reward)
+        return score_batch(problems, texts, format_reward)
 
     monkeypatch.setattr(nanorgra, "score_batch", recording_score_batch)
     switches = ["--preset", "gspo", "--mu", "2", "--clip-c", "3", "--entropy-coef", "0.01",

@@ -122,6 +122,18 @@ def kl_in_reward_cases():
     return cases
 
 
+def tis_cases():
+    """At the first update: logp equals old_logp (the trainer's pi_old is the policy being
+    trained), which the sampler's log-probs miss by ~spread, so that some w leave [1/c, c]."""
+    cases = []
+    for k, (spread, c) in enumerate(((0.8, 2.0), (0.5, 1.5), (1.2, 3.0))):
+        gen = generator(70 + k)
+        old_logp, sampler_logp = logprob_pair((6, 8), spread, gen)
+        adv = torch.randn(6, generator=gen)
+        cases.append((old_logp.clone(), old_logp, sampler_logp, adv, c))
+    return cases
+
+
 # -----------------------------------------------------------------------------
 # The exercises, each against the project's own function
 
@@ -129,6 +141,13 @@ def kl_in_reward_cases():
 def project_token_mean(loss, mask):
     n_seqs, n_tokens = len(mask), mask.sum().item()
     return nanorgra.aggregate(loss, mask.float(), "token-mean", n_seqs, n_tokens, 72.0)
+
+
+def project_tis(logp, old_logp, sampler_logp, adv, c):
+    cfg = nanorgra.loss_config("rgra", old_logprobs="trainer", correction="tis", correction_c=c)
+    mask = torch.ones_like(logp, dtype=torch.bool)
+    weight, _ = nanorgra.correction_weights(old_logp, sampler_logp, mask, cfg)
+    return weight * nanorgra.policy_term_reinforce(logp, adv)
 
 
 def project_clipped(logp, old_logp, adv, eps):
@@ -173,6 +192,12 @@ EXERCISES = dict(
         kl_in_reward_cases,
         hint="k3 per token, summed over each completion's real tokens, times beta, subtracted "
              "from its reward; rows are prompt-major"),
+    tis=Exercise(
+        "token-level TIS", 'nanorgra.correction_weights(..., correction="tis") times '
+        "nanorgra.policy_term_reinforce", project_tis, solutions.tis_policy_term,
+        ("logp", "old_logp", "sampler_logp", "adv", "c"), tis_cases, grad_args=(0,),
+        hint="w = pi_old / pi_sampler = exp(old_logp - sampler_logp), truncated at c from above, "
+             "held constant (no gradient: not computed from logp, detached), times -A logp"),
 )
 
 
@@ -302,3 +327,9 @@ def check_kl_in_reward(student_fn):
     """student_fn(rewards (B, G), logp, ref_logp, mask (B*G, L), beta) -> (B, G): the rewards less
     beta times each completion's summed k3."""
     return check(EXERCISES["kl_in_reward"], student_fn)
+
+
+def check_tis(student_fn):
+    """student_fn(logp, old_logp, sampler_logp (N, L), adv (N,), c) -> (N, L): -min(w, c) A logp
+    with w = exp(old_logp - sampler_logp) held constant; gradients w.r.t. logp too."""
+    return check(EXERCISES["tis"], student_fn)

@@ -76,3 +76,15 @@ def kl_in_reward(rewards, logp, ref_logp, mask, beta):
     k3 = torch.exp(x) - x - 1
     per_completion = torch.where(mask, k3, torch.zeros_like(k3)).sum(1)  # (B*G,)
     return rewards - beta * per_completion.view(rewards.shape)
+
+
+def tis_policy_term(logp, old_logp, sampler_logp, adv, c):
+    """
+    RGRA's policy term corrected for the sampler's mismatch by token-level truncated importance
+    sampling (TIS), as a loss to minimise:
+      w_it = exp(old_logp_it - sampler_logp_it)    pi_old (the trainer's) over pi_sampler
+      loss_it = -min(w_it, c) A_i logp_it          the weight held constant: no gradient
+    logp, old_logp, sampler_logp: (N, L); adv: (N,) -> (N, L).
+    """
+    weight = torch.exp(old_logp - sampler_logp).clamp(max=c).detach()
+    return -weight * adv[:, None] * logp

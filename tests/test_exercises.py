@@ -66,6 +66,20 @@ def kl_padding_counted(rewards, logp, ref_logp, mask, beta):
     return rewards - beta * (torch.exp(x) - x - 1).sum(1).view(rewards.shape)
 
 
+def tis_inverted(logp, old_logp, sampler_logp, adv, c):
+    weight = torch.exp(sampler_logp - old_logp).clamp(max=c)  # pi_sampler / pi_old
+    return -weight * adv[:, None] * logp
+
+
+def tis_not_truncated(logp, old_logp, sampler_logp, adv, c):
+    return -torch.exp(old_logp - sampler_logp) * adv[:, None] * logp
+
+
+def tis_weight_with_a_gradient(logp, old_logp, sampler_logp, adv, c):
+    weight = torch.exp(logp - sampler_logp).clamp(max=c)  # the policy's own log-probs: not held
+    return -weight * adv[:, None] * logp
+
+
 def flat_shape(rewards):
     return solutions.leave_one_out_advantages(rewards).flatten()
 
@@ -86,6 +100,8 @@ CHECKS = {
                 [unclipped_term, max_instead_of_min, clipped_on_a_detached_ratio]),
     "kl_in_reward": (exercises.check_kl_in_reward, solutions.kl_in_reward,
                      [kl_mean_not_sum, kl_padding_counted]),
+    "tis": (exercises.check_tis, solutions.tis_policy_term,
+            [tis_inverted, tis_not_truncated, tis_weight_with_a_gradient]),
 }
 WRONG = [(name, wrong) for name, (_, _, wrongs) in CHECKS.items() for wrong in wrongs]
 

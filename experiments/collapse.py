@@ -37,7 +37,6 @@ the order lr 1e-3 base 0, base 1, then lr 3e-4, whole pairs first, so an interru
 pairs of its most informative cells; every finished run leaves a record (experiments/runner.py).
 """
 
-import argparse
 import json
 import sys
 import time
@@ -169,12 +168,9 @@ def report_markdown(tests):
                  stats.mean_text(stats.mean_ci95(pos["acc"])),
                  f"{t['shrank'][0]} / {t['shrank'][1]} ({stats.p_text(t['shrank_p'])})"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Exploratory (raw p): d = both - positive-only of each measure.", "",
-              "| lr | base | " + " | ".join(EXPLORATORY) + " |",
-              "|" + " --- |" * (len(EXPLORATORY) + 2)]
-    for t in tests:
-        cells = [stats.effect_text(t["exploratory"][m]) for m in EXPLORATORY]
-        lines.append(f"| {t['rate']} | {t['base_seed']} | " + " | ".join(cells) + " |")
+    lines += ["", "Exploratory (raw p): d = both - positive-only of each measure.", ""]
+    rows = [([t["rate"], str(t["base_seed"])], t["exploratory"]) for t in tests]
+    lines += stats.exploratory_table(["lr", "base"], rows, EXPLORATORY)
     return "\n".join(lines) + "\n"
 
 
@@ -205,28 +201,18 @@ def plot_trajectories(tests, path):
 # The command
 
 
-COLLECTS = "the report"
-
-
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Any other flag goes to every run.")
-    p.add_argument("--collapse-dir", default="runs/collapse", help="where the runs go")
-    runner.add_modes(p, COLLECTS)
-    args, run_flags = p.parse_known_args(argv)
-    experiment = runner.over_bases(p, "experiments/collapse.py", MAP_FLAGS + run_flags,
-                                   Path(args.collapse_dir), collapse_runs, BASES)
-    runner.check_runs(p, args.run, experiment)
-    return args, experiment
+    return runner.declared_command(argv, "experiments/collapse.py", __doc__.split("\n\n")[0],
+                                   collapse_runs, BASES, MAP_FLAGS)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, experiment = parse(argv)
     t0 = time.time()
-    if not runner.run_modes(args, argv, experiment):
+    measured = runner.measured_runs(args, argv, experiment, measures)
+    if measured is None:
         return None
-    measured = {name: measures(f) for name, f in runner.read_finished(experiment.runs).items()}
     tests = analyse(measured)
     table = report_markdown(tests)
     write_atomic(experiment.out / "results.md", table)

@@ -200,6 +200,17 @@ def effect_text(summary):
     return f"{summary['mean']:+.3f} (p {p_text(summary['p'])})"
 
 
+def exploratory_table(heads, rows, measures):
+    """Markdown lines of a table of exploratory effects (raw p): heads, the leading columns'
+    names; rows, per test (its leading cells, its {measure: paired_summary})."""
+    lines = ["| " + " | ".join(list(heads) + list(measures)) + " |",
+             "|" + " --- |" * (len(heads) + len(measures))]
+    for cells, effects in rows:
+        shown = list(cells) + [effect_text(effects[m]) for m in measures]
+        lines.append("| " + " | ".join(shown) + " |")
+    return lines
+
+
 def holm(p_values):
     """Holm's step-down adjustment of a family's p values (nan: not a test, left out; its
     adjusted p is nan). Sorted ascending, the k-th smallest p (k from 0) becomes

@@ -524,8 +524,8 @@ def time_line(times, run_dir, seconds):
 
 
 def plot_run(run_dir, rows, evals):
-    """run.png: batch reward, held-out greedy accuracy, response length and the styles of
-    the samples, per step."""
+    """run.png: batch reward, held-out greedy accuracy, response length, the styles of the
+    samples, and the sampler's mismatch with the trainer (a log scale), per step."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     x = [r["step"] + 1 for r in rows]
@@ -537,12 +537,17 @@ def plot_run(run_dir, rows, evals):
         "response length (tokens)": {"": (x, [r["resp_len"] for r in rows])},
         "share of the sampled completions": {s: (x, [r["styles"][s] for r in rows])
                                              for s in STYLE_NAMES},
+        "KL(sampler || trainer), k3 per token": {"": (x, [r.get("mismatch_kl_k3") for r in rows])},
+        "max |log pi_trainer - log pi_sampler|": {"": (x, [r.get("mismatch_max") for r in rows])},
     }
-    fig = Figure((11, 7), layout="tight")
-    for ax, (ylabel, curves) in zip(fig.subplots(2, 2).flat, panels.items()):
+    fig = Figure((15, 7), layout="tight")
+    for ax, (ylabel, curves) in zip(fig.subplots(2, 3).flat, panels.items()):
         for label, (xs, ys) in curves.items():
+            ys = [float("nan") if y is None else y for y in ys]  # sft samples nothing
             ax.plot(xs, ys, label=label or None, marker="o" if len(xs) < 20 else None)
         ax.set(xlabel="RL steps done", ylabel=ylabel)
+        if ylabel.startswith(("KL(sampler", "max |log")):
+            ax.set_yscale("log")  # float32: ~1e-6; a bf16 sampler: ~1e-2
         if len(curves) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(str(run_dir))

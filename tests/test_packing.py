@@ -157,3 +157,13 @@ def test_a_loop_that_stops_early_stops_the_worker_too():
     batches.close()  # what a break or an exception in the loop does
     assert not any(t.name == "prefetched" for t in threading.enumerate())
     assert len(made) <= 3 + 2 + 1  # the steps used, the queue's room and the one in hand
+
+
+def test_training_on_prefetched_batches_ends_in_the_same_weights_as_a_plain_loop(tok):
+    import nanorgra
+    import warmstart
+    from experiments import bench_host
+    args = nanorgra.parse_args("--n-layer 1 --n-head 2 --n-embd 32 --warm-batch 8".split())
+    for stage in warmstart.warm_stages(args):
+        timings = bench_host.warm_stage(tok, stage, args, steps=4)
+        assert timings["same_weights"], stage.name

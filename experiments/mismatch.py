@@ -120,8 +120,9 @@ def report_markdown(tests, arms):
                  stats.p_text(t["primary"]["p"]), stats.p_text(t["p_adjusted"]),
                  CONFIRMED_CELL[t["outcome"]]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Each arm, mean over seeds with its 95% interval; the mismatch is each run's mean "
-              "over its steps of what metrics.jsonl logs (read at the first update of a step).",
+    lines += ["", "Each arm, mean over seeds with its 95% interval; the mismatch is each run's "
+              "mean over its steps of what metrics.jsonl logs (read at the first update of a "
+              "step).",
               "", "| sampler | acc | ood4 | atoms | KL(sampler \\|\\| trainer), k3 | "
               "max \\|log pi_trainer - log pi_sampler\\| | share clipped |", "|" + " --- |" * 7]
     for arm, values in arms.items():

@@ -8,6 +8,9 @@ on the test's tensors. Nothing of their code is kept in this repository.
                     _apply_rollout_importance_sampling and _compute_sequence_level_ratios (they
                     read only two settings of self)
 
+The releases carry no commit, so each file read is pinned by its git blob id (what `git hash-object`
+prints for it; BLOBS below), checked when it is read: the tests compare against exactly these files.
+
 Their imports that a CPU test does not need (tensordict, transformers, verl's data protocol and
 configs) are replaced by empty stand-ins while a module loads. A machine without the registry
 skips these tests, saying why.
@@ -16,6 +19,7 @@ skips these tests, saying why.
 import ast
 import contextlib
 import functools
+import hashlib
 import subprocess
 import sys
 import types
@@ -27,6 +31,9 @@ import torch
 
 VERL = ("verl", "0.9.1")
 MS_SWIFT = ("ms-swift", "4.6.0")
+BLOBS = {"verl/trainer/ppo/rollout_corr_helper.py": "eed6de70d9696fb78753b73e9edfebebba8b6f98",
+         "verl/utils/torch_functional.py": "490ffc1baf246a452faad82ac3f00f448303ba81",
+         "swift/rlhf_trainers/grpo_trainer.py": "f78bd6d259737c392719da1753d1138f3df06518"}
 
 
 def wheel(package, folder):
@@ -48,8 +55,12 @@ def wheel(package, folder):
 
 
 def source(wheel_path, path):
+    """The text of one file of the wheel, checked against its pinned git blob id."""
     with zipfile.ZipFile(wheel_path) as z:
-        return z.read(path).decode()
+        data = z.read(path)
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id of the file
+    assert blob == BLOBS[path], f"{path} in {wheel_path.name} is not the file the tests pin"
+    return data.decode()
 
 
 @contextlib.contextmanager

@@ -184,7 +184,8 @@ def gather_step(rollout, rewards, styles, ref_logp, pad_id):
     prompt_len = int(max(gather_objects([rollout.prompt.size(1)])))
     completion_len = int(max(gather_objects([rollout.tokens.size(1)])))
     rollout = padded_rollout(rollout, prompt_len, completion_len, pad_id)
-    gathered = {f.name: gather_rows(getattr(rollout, f.name)) for f in dataclasses.fields(rollout)}
+    gathered = {f.name: gather_rows(getattr(rollout, f.name)) for f in dataclasses.fields(rollout)
+                if getattr(rollout, f.name) is not None}  # sampler_logprobs: set later, by learn()
     if ref_logp is not None:
         ref_logp = gather_rows(right_pad(ref_logp, completion_len, 0.0))
     return (dataclasses.replace(rollout, **gathered), gather_rows(rewards),

@@ -2,13 +2,14 @@
 bases.py: the warm start's bases on disk, found by what they are made of.
 
 A base is looked for under --base-dir (runs/bases: the ones this machine trained), then in bases/
-(the ones shipped with the repository: seeds 0 and 1 of the default settings), under a key computed
-from content, not from names (warmstart.base_keys): the texts and token ids the corpus functions
-write for a fixed probe of every level and style, the code the warm start runs (read as syntax, so a
-comment or a docstring changes nothing), the model's configuration, the stages' settings and the
-test sets. An edit to any of them is another key, and the warm start trains again, saying why;
-nothing stale is ever loaded. Each base file has a JSON beside it with its key, the parts of the
-key, the file's sha256 and where it was trained; a file whose bytes do not match is refused.
+(the ones shipped with the repository: seeds 0 and 1 of the default settings, and the other five
+models of the compute-matched study), under a key computed from content, not from names
+(warmstart.base_keys): the texts and token ids the corpus functions write for a fixed probe of every
+level and style, the code the warm start runs (read as syntax, so a comment or a docstring changes
+nothing), the model's configuration, the stages' settings and the test sets. An edit to any of them
+is another key, and the warm start trains again, saying why; nothing stale is ever loaded. Each base
+file has a JSON beside it with its key, the parts of the key, the file's sha256 and where it was
+trained; a file whose bytes do not match is refused.
 
 The key leaves out the machine: a CPU of another kind, or another thread count, trains a base whose
 last digits differ from the same code (pitfall 11), so the shipped base is the one every machine

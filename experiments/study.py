@@ -60,13 +60,13 @@ sitting, in a fresh clone without the study directory, perhaps on another machin
 recorded unit back and does only the rest. It warm-starts a model only when a unit not recorded
 yet needs it (so a sitting with every unit recorded writes the report without training anything),
 and then refuses to go on if that model's weights are not those the records used, naming the
-units to redo; the report likewise refuses records whose fingerprints differ for one role. Only
-the habits world's SE is shipped (bases/): the WC, the student and the skills world's models are
-warm-started on each machine, and another kind of CPU trains them to other weights from the same
-code (pitfall 11), so a sitting on another CPU can continue only the units whose models it finds
-the same (in practice none beyond the habits SE's); the samples are recorded in full rather than
-drawn again for the same reason (another CPU's arithmetic could draw other tokens from the same
-weights), so that no sitting ever fine-tunes on data other than the recorded units'.
+units to redo; the report likewise refuses records whose fingerprints differ for one role. All
+six models of the full form ship in bases/ (the habits world's SE is the default base; the other
+five are the ones its committed records used), because another kind of CPU trains other weights
+from the same code (pitfall 11): with them shipped, a sitting on any CPU continues the same study.
+The samples are recorded in full rather than drawn again for the same reason (another CPU's
+arithmetic could draw other tokens from the same weights), so that no sitting ever fine-tunes on
+data other than the recorded units'.
 """
 
 import argparse

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import bases
 import data.tasks as tasks
 import evaluation
 import nanorgra
@@ -522,3 +523,21 @@ def test_records_made_with_other_settings_are_refused(tmp_path, small, recorded)
     with pytest.raises(SystemExit) as e:
         study.main(study_argv(tmp_path, "--ft-lr", "0.5"))  # no study directory: the records
     assert "other settings (study_ft_lr)" in str(e.value)
+
+
+@pytest.mark.parametrize("world", study.WORLDS)
+def test_the_full_studys_bases_are_shipped_with_the_weights_its_records_used(world):
+    """Every model of the full study is found in bases/ (so no machine trains its own, and a
+    sitting on another kind of CPU continues the same study), and its weights are those the
+    committed records of data/records/study name for its role."""
+    settings, args = study.parse([])
+    records = bases.REPO / "data" / "records" / "study"  # the committed ones, not a test's
+    for name, model_args in study.model_args(args, settings, world).items():
+        *_, file_name = warmstart.stage_keys(model_args, get_tokenizer())[-1]
+        shipped = bases.SHIPPED_DIR / file_name
+        assert shipped.exists(), f"bases/ has no {file_name}: the study's {world} {name}"
+        sidecar = json.loads(shipped.with_suffix(".json").read_text())
+        assert sidecar["sha256"] == bases.file_sha256(shipped)
+        evaluated = json.loads((records / f"base-{world}-{name}.json").read_text())
+        used = evaluated["provenance"]["bases"][study.role(world, name)]
+        assert bases.weights_fingerprint(shipped) == used

@@ -24,6 +24,14 @@ The first printed command trains the warm start (once: the runs load it from --b
 each other line is `sweep.py ... --run <run>`: one run, skipped if finished and resumed if
 interrupted. The machines must share --base-dir and --sweep-dir. Writes results.md, results.json
 (with the command and its seconds), curves.json and the plots to --sweep-dir.
+
+The sweep is a screen; experiments/confirm.py holds the tests. Its analysis, fixed before the full
+sweep's results were read: the table of each variant's means with 95% intervals over its seeds;
+then each variant against rgra, paired by seed (the same seed gives the same first batch):
+d_s = acc_s(variant) - acc_s(rgra) in greedy accuracy on the RL level, its mean with the 95%
+paired t interval, the paired t test's p with Holm over the variants compared ("separable": an
+adjusted p < 0.05), and the exact sign-flip p beside it, which cannot go below 2 / 2^n (0.0625
+at 5 seeds): a 5-seed sweep separates nothing by the exact test.
 """
 
 import argparse
@@ -41,7 +49,7 @@ import numpy as np
 from data.tasks import OOD_LEVEL, RL_LEVEL
 from experiments import runner
 from experiments.runner import collapsed, mean_of_last_steps
-from experiments.stats import mean_ci95, mean_text
+from experiments.stats import holm, interval_text, mean_ci95, mean_text, p_text, paired_summary
 from rundir import save_figure, write_atomic
 from verifier import STYLE_NAMES
 
@@ -82,13 +90,18 @@ def variant_of(run_name):
     return run_name.rpartition("-seed")[0]
 
 
+def seed_of(run_name):
+    """The seed of a sweep run's name: "grpo_neg-seed1" -> 1."""
+    return int(run_name.rpartition("-seed")[2])
+
+
 # -----------------------------------------------------------------------------
 # The table: means and 95% intervals over seeds
 
 
-def variant_row(variant, runs):
+def variant_row(variant, runs, seeds):
     """One row: means and 95% intervals over the seeds of a variant (runs: runner.read_run's
-    files, one a seed)."""
+    files, one a seed, of the seeds in that order)."""
     final = [r["summary"]["final"] for r in runs]
     base = runs[0]["summary"]["base"]
     rl = [f[RL_LEVEL] for f in final]
@@ -114,7 +127,8 @@ def variant_row(variant, runs):
         reward=mean_ci95([mean_of_last_steps(ms, "reward") for ms in metrics]),
         rl_seconds=mean_ci95([sum(r["summary"]["times"].values()) for r in runs]),
         collapsed=collapses,
-        per_seed=dict(acc=[f["acc"] for f in rl], ood_acc=[f[OOD_LEVEL]["acc"] for f in final],
+        per_seed=dict(seed=list(seeds),
+                      acc=[f["acc"] for f in rl], ood_acc=[f[OOD_LEVEL]["acc"] for f in final],
                       length=[f["len"] for f in rl],
                       careful=[f["styles"]["careful"] / sum(f["styles"].values()) for f in rl],
                       reward=[float(mean_of_last_steps(ms, "reward")) for ms in metrics]),
@@ -141,6 +155,53 @@ def results_markdown(rows, base):
     return "\n".join(lines) + "\n"
 
 
+# -----------------------------------------------------------------------------
+# Each variant against rgra, paired by seed (decided before the full sweep's results were read)
+
+
+def against_rgra(rows):
+    """Each variant's greedy accuracy against rgra's, paired by seed (a seed fixes the first
+    batch): d_s = acc_s(variant) - acc_s(rgra), its mean with the 95% paired t interval, the paired
+    t test's p adjusted by Holm over the variants compared (the family), and the exact sign-flip p
+    beside it (it cannot go below 2 / 2^n: 0.0625 at 5 seeds). [] without an rgra row."""
+    reference = next((r for r in rows if r["variant"] == "rgra"), None)
+    if reference is None:
+        return []
+    ours = dict(zip(reference["per_seed"]["seed"], reference["per_seed"]["acc"]))
+    tests = []
+    for row in rows:
+        if row is reference:
+            continue
+        theirs = dict(zip(row["per_seed"]["seed"], row["per_seed"]["acc"]))
+        if set(theirs) != set(ours):
+            raise ValueError(f"{row['variant']} ran seeds {sorted(theirs)}, rgra {sorted(ours)}: "
+                             f"a paired comparison needs the same seeds")
+        seeds = sorted(ours)
+        summary = paired_summary([theirs[s] for s in seeds], [ours[s] for s in seeds])
+        tests.append(dict(variant=row["variant"], seeds=seeds, **summary))
+    adjusted = holm([test["p_t"] for test in tests])
+    for test, p_adjusted in zip(tests, adjusted):
+        test["p_t_adjusted"] = p_adjusted
+        test["separable"] = bool(p_adjusted < 0.05)
+    return tests
+
+
+def against_rgra_markdown(tests):
+    """The paired table: one line a variant."""
+    lines = [f"each variant against rgra, paired by seed: d = {RL_LEVEL} acc(variant) - "
+             f"acc(rgra), mean [95% paired t interval]; the paired t test's p, Holm over the "
+             f"{len(tests)} variants; the exact sign-flip p (its floor at n seeds: 2 / 2^n)", "",
+             "| variant | seeds | d | p (t) | adjusted p | separable | sign-flip p |",
+             "|" + " --- |" * 7]
+    for test in tests:
+        d = interval_text(test["mean"], test["half"])
+        cells = [test["variant"], str(len(test["seeds"])), d,
+                 p_text(test["p_t"]), p_text(test["p_t_adjusted"]),
+                 "yes" if test["separable"] else "no", p_text(test["p"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def seed_curve(rows_per_seed, key, x="step"):
     """Per x that every seed has: mean and 95% interval over seeds of key."""
     xs = sorted(set.intersection(*[{r[x] for r in rows} for rows in rows_per_seed]))
@@ -164,9 +225,10 @@ def collect(runs, variants):
     files = runner.read_finished(runs)
     rows, curves = [], {}
     for v in variants:
-        seeds = [f for name, f in files.items() if variant_of(name) == v]
-        rows.append(variant_row(v, seeds))
-        curves[v] = variant_curves(seeds)
+        names = sorted((n for n in files if variant_of(n) == v), key=seed_of)
+        seed_runs = [files[n] for n in names]
+        rows.append(variant_row(v, seed_runs, [seed_of(n) for n in names]))
+        curves[v] = variant_curves(seed_runs)
     base = files[runs[0].name]["summary"]["base"]  # every run starts from the same base
     return rows, curves, base
 
@@ -271,10 +333,13 @@ def parse(argv):
 
 
 def write_results(out, argv, rows, curves, base, seconds):
+    tests = against_rgra(rows)
     table = results_markdown(rows, base)
+    if tests:
+        table += "\n" + against_rgra_markdown(tests)
     command = "python experiments/sweep.py " + " ".join(argv)
     write_atomic(out / "results.md", table)
-    results = dict(command=command, seconds=seconds, base=base, rows=rows)
+    results = dict(command=command, seconds=seconds, base=base, rows=rows, against_rgra=tests)
     write_atomic(out / "results.json", json.dumps(results, indent=1))
     write_atomic(out / "curves.json", json.dumps(curves))
     plot(curves, rows, base, out)

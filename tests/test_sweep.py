@@ -83,6 +83,9 @@ def test_tiny_quick_sweep_writes_its_table_json_curves_and_plots(tmp_path):
     assert all(len(y) == 2 for y in curves["rgra"]["reward"]["y"])  # each step: mean and half-width
     table = (out / "results.md").read_text()
     assert "| grpo_neg | 2 |" in table and "gain over base" in table
+    (test,) = results["against_rgra"]  # grpo_neg against rgra, seeds 0 and 1
+    assert test["variant"] == "grpo_neg" and test["seeds"] == [0, 1]
+    assert "paired by seed" in table
     for name in ("acc", "reward", "pass_at_k", "rgra_styles", "length"):
         assert (out / f"sweep_{name}.png").exists()
 
@@ -185,3 +188,31 @@ def test_a_run_name_that_is_not_in_the_sweep_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(sweep_argv(tmp_path, "--variants", "rgra", "--run", "grpo-seed0"))
     assert "grpo-seed0" in capsys.readouterr().err
+
+
+def paired_row(variant, seeds, acc):
+    return dict(variant=variant, per_seed=dict(seed=seeds, acc=acc))
+
+
+def test_each_variant_is_set_against_rgra_paired_by_seed_with_holm_over_the_variants():
+    rows = [paired_row("rgra", [0, 1, 2, 3], [0.70, 0.60, 0.80, 0.50]),
+            paired_row("grpo", [0, 1, 2, 3], [0.70, 0.60, 0.80, 0.50]),  # equal, run by run
+            paired_row("sft", [3, 1, 0, 2], [0.95, 0.85, 0.90, 0.92]),  # another seed order
+            paired_row("grpo_neg", [0, 1, 2, 3], [0.30, 0.50, 0.20, 0.40])]
+    grpo, sft, neg = sweep.against_rgra(rows)
+    assert grpo["d"] == [0.0] * 4 and grpo["p_t"] == 1.0 and not grpo["separable"]
+    assert sft["seeds"] == [0, 1, 2, 3]
+    assert sft["d"] == pytest.approx([0.20, 0.25, 0.12, 0.45])  # seed by seed, not by position
+    assert neg["d"] == pytest.approx([-0.40, -0.10, -0.60, -0.10])
+    expected = stats.holm([grpo["p_t"], sft["p_t"], neg["p_t"]])
+    assert [t["p_t_adjusted"] for t in (grpo, sft, neg)] == expected
+    assert sft["p_t_adjusted"] > sft["p_t"]  # corrected for the three variants compared
+    assert sft["separable"] == (sft["p_t_adjusted"] < 0.05)
+    assert sft["p"] == stats.sign_flip_p(sft["d"]) == 2 / 2 ** 4  # the exact test's floor
+
+
+def test_a_variant_without_rgras_seeds_is_refused_and_no_rgra_means_no_comparison():
+    rows = [paired_row("rgra", [0, 1, 2], [0.7, 0.6, 0.8]), paired_row("sft", [0, 1], [0.9, 0.9])]
+    with pytest.raises(ValueError, match=r"sft ran seeds \[0, 1\], rgra \[0, 1, 2\]"):
+        sweep.against_rgra(rows)
+    assert sweep.against_rgra(rows[1:]) == []

@@ -8,8 +8,9 @@ interval.
     python experiments/regimes.py --jobs 2                # the full map: 155 runs; resumable
     python experiments/regimes.py --print-commands        # the full map as one command a line
     python experiments/regimes.py --collect               # tables and figures of finished runs
-    python experiments/regimes.py --reread data/results/regimes.json   # the first round's map,
-                                                          # re-tested from its saved intervals
+    python experiments/regimes.py --reread data/results/regimes_first_round.json
+                              # the first round's map (no per-seed values), re-tested from its
+                              # saved intervals
 
 The components and their axes (CELLS below):
   ratio and clipping   stale samples (each batch split into 8 minibatches) along the learning rate:

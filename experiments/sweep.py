@@ -49,7 +49,8 @@ import numpy as np
 from data.tasks import OOD_LEVEL, RL_LEVEL
 from experiments import runner
 from experiments.runner import collapsed, mean_of_last_steps
-from experiments.stats import holm, interval_text, mean_ci95, mean_text, p_text, paired_summary
+from experiments.stats import ALPHA, holm, interval_text, mean_ci95, mean_text, p_text, \
+    paired_summary
 from rundir import save_figure, write_atomic
 from verifier import STYLE_NAMES
 
@@ -182,7 +183,7 @@ def against_rgra(rows):
     adjusted = holm([test["p_t"] for test in tests])
     for test, p_adjusted in zip(tests, adjusted):
         test["p_t_adjusted"] = p_adjusted
-        test["separable"] = bool(p_adjusted < 0.05)
+        test["separable"] = bool(p_adjusted < ALPHA)
     return tests
 
 

@@ -207,7 +207,7 @@ def test_each_variant_is_set_against_rgra_paired_by_seed_with_holm_over_the_vari
     expected = stats.holm([grpo["p_t"], sft["p_t"], neg["p_t"]])
     assert [t["p_t_adjusted"] for t in (grpo, sft, neg)] == expected
     assert sft["p_t_adjusted"] > sft["p_t"]  # corrected for the three variants compared
-    assert sft["separable"] == (sft["p_t_adjusted"] < 0.05)
+    assert sft["separable"] == (sft["p_t_adjusted"] < stats.ALPHA)
     assert sft["p"] == stats.sign_flip_p(sft["d"]) == 2 / 2 ** 4  # the exact test's floor
 
 
